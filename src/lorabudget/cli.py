@@ -1,0 +1,170 @@
+"""The `lorabudget` command. Thin: parse, call one function, print. Errors the user can fix exit with status 2
+and a message; they never show a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import LorabudgetError
+
+DEFAULT_CONFIG_HINT = "configs/minilm-cpu.yaml"
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML config file (see configs/); defaults apply without one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by its dotted name, e.g. --set adapter.r=4 (repeatable)")
+    p.add_argument("--data", help="data source: a Hub dataset id, a folder, or a csv/tsv/jsonl/parquet file")
+
+
+def _collect_overrides(args) -> list[str]:
+    overrides = list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.append(f"data.source={args.data}")
+    if getattr(args, "output_dir", None):
+        overrides.append(f"output_dir={args.output_dir}")
+    if getattr(args, "max_steps", None) is not None:
+        overrides.append(f"optim.max_steps={args.max_steps}")
+    if getattr(args, "allow_pickle", False):
+        overrides.append("data.allow_pickle=true")
+    return overrides
+
+
+def _default_output_dir(cfg) -> str:
+    import time
+
+    model = Path(cfg.model.name.rstrip("/")).name or "model"
+    return str(Path("runs") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .rundir import RunDir
+
+    if args.resume:
+        run = RunDir(args.resume)
+        if not run.config.is_file():
+            raise LorabudgetError(f"{run.path} is not a run directory (no config.yaml); nothing to resume")
+        if run.is_finished():
+            print(f"{run.path} already finished; nothing to resume")
+            return 0
+        if args.config or args.overrides or args.data:
+            raise LorabudgetError("--resume continues a run with its own config; drop -c/--set/--data")
+        cfg = load_config(run.config)
+        resume = run.last.is_dir()
+    else:
+        cfg = load_config(args.config, _collect_overrides(args))
+        if cfg.output_dir is None:
+            cfg = cfg.model_copy(update={"output_dir": _default_output_dir(cfg)})
+        run = RunDir(cfg.output_dir)
+        run.prepare_new(args.overwrite)
+        resume = False
+
+    from .engine import train
+
+    def announce(recipe) -> None:
+        if recipe.main:
+            d = recipe.data
+            print(f"run dir   {run.path}")
+            print(f"data      {d.dataset.source}: {len(d.split.train):,} train / {len(d.split.validation):,} "
+                  f"validation rows, {len(d.labels.names)} classes")
+            print(f"model     {cfg.model.name}, head {cfg.head.type}, precision {recipe.precision}, "
+                  f"{recipe.world} process(es) on {recipe.device}")
+            print(recipe.describe())
+            print(f"schedule  {recipe.total_steps} steps ({recipe.steps_per_epoch}/epoch), evaluate every "
+                  f"{recipe.eval_every}" + (f"; resuming at step {recipe.state.step}" if resume else ""))
+
+    summary = train(cfg, run, resume=resume, on_ready=announce)
+    if summary:
+        b, f = summary["best"], summary["final"]
+        print(f"\nfinished  {summary['steps']} steps in {summary['train_seconds']:.0f} s "
+              f"({summary['train_samples_per_s']:.1f} samples/s)" + (", stopped early" if summary["stopped_early"]
+                                                                      else ""))
+        print(f"best      step {b['step']}: accuracy {b.get('accuracy', float('nan')):.4f}, macro-F1 "
+              f"{b.get('macro_f1', float('nan')):.4f}, loss {b.get('loss', float('nan')):.4f}")
+        print(f"final     step {f['step']}: accuracy {f['accuracy']:.4f}")
+        print(f"trainable {summary['trainable_params']:,} of budget {summary['budget']:,}")
+        print(f"wrote     {run.path}/ (adapter/, plots/, metrics.jsonl, summary.json)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .config import parse_override
+    from .evaluation import evaluate, format_report
+
+    overrides = {}
+    for item in args.overrides:
+        path, value = parse_override(item)
+        if len(path) != 2 or path[0] != "data":
+            raise LorabudgetError(f"evaluate takes only data.* overrides (how to read --data), not {item!r}")
+        overrides[path[1]] = value
+    scores, out = evaluate(args.run, args.data, args.out, overrides)
+    print(f"evaluated {args.run} on {scores['data']}")
+    print(format_report(scores))
+    print(f"wrote     {out}/metrics.json and confusion_matrix.png")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from .config import describe_fields, dump_config, load_config
+
+    if args.fields:
+        for name, default, help_text in describe_fields():
+            print(f"{name} = {default}\n    {help_text}")
+        return 0
+    print(dump_config(load_config(args.config, _collect_overrides(args))), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="lorabudget", description="Fine-tune a frozen encoder with LoRA-family "
+                                     "adapters under an exact trainable-parameter budget.")
+    parser.add_argument("--version", action="version", version=f"lorabudget {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a run from a config into a run directory")
+    _config_args(p)
+    p.add_argument("--output-dir", help="run directory (default runs/<model>-<time>)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a run")
+    p.add_argument("--resume", metavar="RUN", help="continue a killed run from its last checkpoint")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled data files (runs their code)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a finished run: accuracy, macro-F1, per-class table, confusion matrix")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data", help="data source to score (default: the run's own validation split)")
+    p.add_argument("--out", help="output folder (default RUN/eval/<data>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="how to read --data, e.g. --set data.text_column=sentence")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("config", help="print the resolved config, or every field with its help (--fields)")
+    _config_args(p)
+    p.add_argument("--fields", action="store_true", help="list every config field with its default and help")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except LorabudgetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted; an unfinished run continues with `lorabudget train --resume RUN`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

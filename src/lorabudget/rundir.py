@@ -1,0 +1,138 @@
+"""The run directory: the contract between training and everything after it.
+
+    config.yaml          resolved config (what ran, after overrides and data-source resolution)
+    labels.json          class names and how the source codes them
+    status.json          {"state": "running" | "finished" | "failed", ...}: a run is finished only when it says so
+    metrics.jsonl        one JSON object per logging step (train) and per evaluation (validation)
+    summary.json         best and final metrics, parameter breakdown, timing, versions (written last)
+    checkpoints/last/    everything needed to resume; checkpoints/best/ the best trainable weights
+    adapter/             the adapter in peft's format, head included (+ lorabudget_head.json)
+    plots/               loss and accuracy curves
+
+Every file is written to a temporary name and renamed into place, so a killed process leaves either the old or
+the new version, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from .errors import RunDirError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a fully written folder into place: the old one stays complete until the new one is."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # paths
+    config = property(lambda self: self.path / "config.yaml")
+    labels = property(lambda self: self.path / "labels.json")
+    status_file = property(lambda self: self.path / "status.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    summary_file = property(lambda self: self.path / "summary.json")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    last = property(lambda self: self.path / "checkpoints" / "last")
+    best = property(lambda self: self.path / "checkpoints" / "best")
+    adapter = property(lambda self: self.path / "adapter")
+    plots = property(lambda self: self.path / "plots")
+
+    def status(self) -> Optional[dict]:
+        if not self.status_file.is_file():
+            return None
+        try:
+            return json.loads(self.status_file.read_text())
+        except (json.JSONDecodeError, OSError):
+            return None
+
+    def is_finished(self) -> bool:
+        s = self.status()
+        return bool(s and s.get("state") == "finished" and self.summary_file.is_file())
+
+    def set_status(self, state: str, **extra: Any) -> None:
+        atomic_write_json(self.status_file, {"state": state, **extra})
+
+    def summary(self) -> dict:
+        return json.loads(self.summary_file.read_text())
+
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        out = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything after it is from a lost future
+        return out
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """On resume, drop what was logged after the checkpoint: those steps are about to be redone."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def prepare_new(self, overwrite: bool) -> None:
+        if self.path.exists() and any(self.path.iterdir()):
+            if self.is_finished() and not overwrite:
+                raise RunDirError(f"{self.path} holds a finished run; pass --overwrite to replace it, or choose "
+                                  "another --output-dir")
+            if not self.is_finished() and self.last.is_dir() and not overwrite:
+                raise RunDirError(f"{self.path} holds an unfinished run; continue it with `lorabudget train "
+                                  f"--resume {self.path}`, or pass --overwrite to start again")
+            if not overwrite and not self.config.is_file():
+                raise RunDirError(f"{self.path} exists and is not a run directory; choose another --output-dir")
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+
+def open_finished(path: str | Path) -> RunDir:
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise RunDirError(f"run directory not found: {run.path}")
+    if not run.config.is_file():
+        raise RunDirError(f"{run.path} is not a run directory (no config.yaml)")
+    if not run.is_finished():
+        state = (run.status() or {}).get("state", "unknown")
+        raise RunDirError(f"{run.path} is not a finished run (state: {state}); resume it with `lorabudget train "
+                          f"--resume {run.path}`")
+    return run
