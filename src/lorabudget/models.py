@@ -27,6 +27,7 @@ def quiet_transformers() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     logging.getLogger("peft").setLevel(logging.ERROR)
 
 

@@ -1,0 +1,161 @@
+"""Tiny assets built in code: never the Hub.
+
+- a word-level tokenizer trained on the test corpus (saved as a fast tokenizer folder),
+- a 2-layer RoBERTa and a 2-layer BERT with random weights, saved as safetensors,
+- an easy synthetic 4-class task: each text carries a keyword of its class among random filler words.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+CLASSES = ["World", "Sports", "Business", "Tech"]
+KEYWORDS = {
+    "World": ["election", "minister", "embassy", "treaty"],
+    "Sports": ["football", "tennis", "coach", "league"],
+    "Business": ["stocks", "merger", "profit", "bank"],
+    "Tech": ["software", "chip", "internet", "robot"],
+}
+FILLER = ("the a of to in on for with today after report new says more year week first local big "
+          "people city plan group talks team game market company data users").split()
+
+
+def make_texts(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % len(CLASSES)
+        words = rng.choices(FILLER, k=rng.randint(4, 14))
+        for _ in range(rng.randint(1, 2)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(KEYWORDS[CLASSES[label]]))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def _vocab() -> list[str]:
+    words = set(FILLER)
+    for kws in KEYWORDS.values():
+        words.update(kws)
+    return sorted(words)
+
+
+def build_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # roberta's order: pad id 1
+    vocab = {t: i for i, t in enumerate(specials + _vocab())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", cls_token="<s>", sep_token="</s>", mask_token="<mask>",
+                                   model_max_length=64)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_tiny_model(folder: Path, kind: str = "roberta") -> Path:
+    import torch
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    tok = build_tokenizer(folder)
+    common = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                  initializer_range=0.4)  # large: random [CLS] states then differ by input (0.02 makes them ~equal)
+    if kind == "roberta":
+        config = RobertaConfig(max_position_embeddings=70, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                               type_vocab_size=1, **common)
+        model = RobertaModel(config)
+    else:
+        config = BertConfig(max_position_embeddings=64, pad_token_id=1, type_vocab_size=2, **common)
+        model = BertModel(config)
+    # A stand-in for pretrained semantics: keywords of one class share a direction in embedding space, as related
+    # words do in a real encoder. The pipeline still has to learn to find and read that direction.
+    with torch.no_grad():
+        emb = model.embeddings.word_embeddings.weight
+        directions = torch.randn(len(CLASSES), emb.shape[1]) * 2.0
+        for c, name in enumerate(CLASSES):
+            for word in KEYWORDS[name]:
+                emb[tok.convert_tokens_to_ids(word)] += directions[c]
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-roberta"), "roberta")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
+
+
+def write_csv(path: Path, rows: list[tuple[str, int]], header=("text", "label"), names: bool = True) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for text, label in rows:
+            w.writerow([text, CLASSES[label] if names else label])
+    return path
+
+
+@pytest.fixture(scope="session")
+def easy_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "easy.csv", make_texts(480, seed=1))
+
+
+@pytest.fixture(scope="session")
+def easy_jsonl(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "easy.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (text, label) in enumerate(make_texts(200, seed=2)):
+            f.write(json.dumps({"ID": f"r{i}", "text": text, "label": CLASSES[label]}) + "\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    # Token caches and any default run dirs go to the test's own folder.
+    monkeypatch.setenv("LORABUDGET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LORABUDGET_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def tiny_config(model_dir: Path, data: Path, out: Path, **sections) -> dict:
+    """A config dict for a fast run on the tiny model."""
+    cfg = {
+        "model": {"name": str(model_dir), "max_length": 32, "precision": "fp32", "device": "cpu"},
+        "data": {"source": str(data), "validation_size": 0.2, "split_seed": 0},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]},
+        "head": {"type": "default"},
+        "budget": 100_000,
+        "optim": {"lr": 1e-2, "batch_size": 16, "epochs": 6, "warmup_ratio": 0.1},
+        "eval": {"every_steps": 36},
+        "logging": {"every_steps": 5, "progress": False},
+        "seed": 0,
+        "output_dir": str(out),
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    return path
