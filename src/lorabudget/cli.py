@@ -61,7 +61,8 @@ def cmd_train(args) -> int:
         if cfg.output_dir is None:
             cfg = cfg.model_copy(update={"output_dir": _default_output_dir(cfg)})
         run = RunDir(cfg.output_dir)
-        run.prepare_new(args.overwrite)
+        # RANK is set by torchrun / accelerate launch before any process group exists
+        run.prepare_new(args.overwrite, main_process=os.environ.get("RANK", "0") == "0")
         resume = False
 
     from .engine import train
@@ -120,6 +121,25 @@ def cmd_config(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from . import planner
+    from .config import load_config
+
+    overrides = list(args.overrides) + ([f"budget={args.budget}"] if args.budget is not None else [])
+    cfg = load_config(args.config, overrides)
+    if args.model is None:
+        search_only = [f"--{n.replace('_', '-')}" for n in ("methods", "modules", "ranks", "heads", "bias", "layers",
+                                                           "write", "plot") if getattr(args, n) is not None]
+        if search_only:
+            raise LorabudgetError(f"{', '.join(search_only)} search allocations: add --model NAME")
+        print(planner.check_config(cfg, args.num_labels))
+        return 0
+    space = planner.SearchSpace.parse(args.methods, args.modules, args.ranks, args.heads, args.bias, args.layers)
+    print(planner.plan(cfg, args.model, space, num_labels=args.num_labels, top=args.top, sample=args.sample,
+                       seed=args.seed, write=args.write, pick=args.pick, plot=args.plot))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -149,6 +169,39 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--fields", action="store_true", help="list every config field with its default and help")
     p.set_defaults(func=cmd_config)
+
+    from .planner import HEURISTIC
+
+    p = sub.add_parser(
+        "plan", help="exact trainable count of a config, or search the allocations that fit a budget (no weights)",
+        description="Without --model: build the config's shape on the meta device and print its exact trainable "
+        "breakdown (per module type, per layer, head, biases, DoRA magnitudes) and whether it fits the budget; "
+        "exit 2 when it does not. With --model: enumerate allocations (ranks per module type, module types, "
+        "layers: all / top k / --layers, bias mode, head, LoRA or DoRA) that fit --budget, counted with "
+        "closed-form arithmetic and checked against the built model on the meta device. " + HEURISTIC)
+    p.add_argument("-c", "--config", help="YAML config: the one to count, or the base of written candidates")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set head.rank=16 (repeatable)")
+    p.add_argument("--budget", type=int, help="most trainable parameters allowed (sets the config's budget)")
+    p.add_argument("--num-labels", type=int, help="classes of the head (default: data.label_names, else 4)")
+    p.add_argument("--model", help="search allocations for this model (name of a shipped config, local folder, "
+                   "or Hub id)")
+    p.add_argument("--methods", help="comma list of lora, dora (default both)")
+    p.add_argument("--modules", help="module types to combine: query, key, value, attention.output.dense, "
+                   "intermediate.dense, output.dense (default all)")
+    p.add_argument("--ranks", help="rank grid, per module type (default 4,8,16,32,64)")
+    p.add_argument("--heads", help="comma list of default, pooler (BERT), linear, lowrank (its rank: --set "
+                   "head.rank=K, default 32); default: all the model offers")
+    p.add_argument("--bias", help="comma list of none, all, lora_only (default all three)")
+    p.add_argument("--layers", action="append", metavar="I,J,..",
+                   help="a custom layer set besides all and top k, e.g. 0,1,5,10,11 (repeatable)")
+    p.add_argument("--top", type=int, default=10, help="rows to show, each built and checked (default 10)")
+    p.add_argument("--sample", type=int, default=5, help="random other fitting allocations to build and check")
+    p.add_argument("--seed", type=int, default=0, help="seed of that sample")
+    p.add_argument("--write", metavar="PATH.yaml", help="write row --pick as a config for `lorabudget train`")
+    p.add_argument("--pick", type=int, default=1, help="the row --write writes (default 1)")
+    p.add_argument("--plot", metavar="PATH.png", help="stacked bars of the rows' budget split")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

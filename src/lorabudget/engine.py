@@ -304,7 +304,9 @@ class TrainingRecipe:
                                       batch_size=self.cfg.eval.batch_size, device=self.device,
                                       dtype=self.autocast_dtype, shard=(self.rank, self.world))
         if self.world > 1:
-            parts = acc.gather_object([(rows, logits)])
+            from accelerate.utils import gather_object
+
+            parts = gather_object([(rows, logits)])
             rows = np.concatenate([r for r, _ in parts])
             logits = np.concatenate([lg for _, lg in parts if lg.size])
         logits = ordered(rows, logits, len(self.val_data))

@@ -24,6 +24,10 @@ from typing import Any, Optional
 
 from .errors import RunDirError
 
+# What a run directory may hold (see above), partial runs included: --overwrite deletes only folders made of these.
+RUN_ENTRIES = frozenset({"config.yaml", "labels.json", "status.json", "metrics.jsonl", "summary.json", "split.json",
+                         "checkpoints", "adapter", "adapter.tmp", "adapter.old", "plots", "eval", "tensorboard"})
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,9 +80,10 @@ class RunDir:
         if not self.status_file.is_file():
             return None
         try:
-            return json.loads(self.status_file.read_text())
-        except (json.JSONDecodeError, OSError):
+            status = json.loads(self.status_file.read_text(encoding="utf-8"))
+        except (ValueError, OSError):  # not JSON, not UTF-8, unreadable: no status we can trust
             return None
+        return status if isinstance(status, dict) else None
 
     def is_finished(self) -> bool:
         s = self.status()
@@ -111,7 +116,10 @@ class RunDir:
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def prepare_new(self, overwrite: bool) -> None:
+    def prepare_new(self, overwrite: bool, *, main_process: bool = True) -> None:
+        """Refuse to clobber a run unless asked; then start from an empty folder. Under several processes each
+        one checks (so that all fail alike) and only the main one clears the folder."""
+        self._refuse_foreign()
         if self.path.exists() and any(self.path.iterdir()):
             if self.is_finished() and not overwrite:
                 raise RunDirError(f"{self.path} holds a finished run; pass --overwrite to replace it, or choose "
@@ -121,8 +129,26 @@ class RunDir:
                                   f"--resume {self.path}`, or pass --overwrite to start again")
             if not overwrite and not self.config.is_file():
                 raise RunDirError(f"{self.path} exists and is not a run directory; choose another --output-dir")
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+            if main_process:
+                shutil.rmtree(self.path)
+        if main_process:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RunDirError(f"cannot create the run directory {self.path} ({exc.strerror or exc})") from None
+
+    def _refuse_foreign(self) -> None:
+        """A run directory is ours to replace; a file, or a folder holding anything else, is not (even with
+        --overwrite: `--output-dir . --overwrite` must not delete a project)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} exists and is not a folder; choose another --output-dir")
+        if self.path.is_dir():
+            foreign = sorted(p.name for p in self.path.iterdir()
+                             if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise RunDirError(f"{self.path} holds files that are not a run's ({shown}); lorabudget replaces "
+                                  "only run directories: choose another --output-dir")
 
 
 def open_finished(path: str | Path) -> RunDir:
@@ -132,7 +158,13 @@ def open_finished(path: str | Path) -> RunDir:
     if not run.config.is_file():
         raise RunDirError(f"{run.path} is not a run directory (no config.yaml)")
     if not run.is_finished():
-        state = (run.status() or {}).get("state", "unknown")
-        raise RunDirError(f"{run.path} is not a finished run (state: {state}); resume it with `lorabudget train "
+        status = run.status()
+        if status is None:
+            why = "status.json is missing or unreadable"
+        elif status.get("state") == "finished":
+            why = "summary.json is missing"
+        else:
+            why = f"state: {status.get('state', 'unknown')}"
+        raise RunDirError(f"{run.path} is not a finished run ({why}); resume it with `lorabudget train "
                           f"--resume {run.path}`")
     return run

@@ -1,0 +1,64 @@
+"""Every preset states its exact trainable count in a comment; the model built from it must agree.
+
+roberta-base and the packaged MiniLM are built on the meta device from their shipped configurations: no weights,
+no Hub.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from lorabudget.config import load_config
+from lorabudget.pipeline import planned_breakdown
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("space"))
+
+PUBLISHED = {  # the configurations people already use for roberta-base on AG News, and what trains today
+    "roberta-base-qv-r8.yaml": 888_580,
+    "roberta-base-qv-r8-bias-all.yaml": 990_724,
+    "roberta-base-value-r22.yaml": 999_172,
+    "roberta-base-qv-r4-dora.yaml": 759_556,
+    "roberta-base-layers-0-1-5-10-11-r12.yaml": 777_988,
+}
+
+
+def stated_count(path: Path) -> int:
+    m = re.search(r"^# trainable: ([\d,]+)", path.read_text(), flags=re.M)
+    assert m, f"{path.name} has no '# trainable: N' comment"
+    return int(m.group(1).replace(",", ""))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_preset_comment_states_the_exact_count(preset):
+    cfg = load_config(preset)
+    b = planned_breakdown(cfg, 4)
+    assert b.total == stated_count(preset)
+    assert b.total <= cfg.budget
+    assert not b.excluded or all(".original_module." in n for n, _, _ in b.excluded)
+
+
+@pytest.mark.parametrize("name,count", PUBLISHED.items())
+def test_published_configurations(name, count):
+    assert planned_breakdown(load_config(CONFIGS / name), 4).total == count
+
+
+def test_bias_all_counts_each_head_bias_once():
+    b = planned_breakdown(load_config(CONFIGS / "roberta-base-qv-r8-bias-all.yaml"), 4)
+    assert b.groups["biases"] == 102_144
+    assert b.groups["head (classifier)"] == 593_668  # the head's 772 biases are inside it, counted once
+
+
+def test_dora_magnitudes_are_their_own_group():
+    b = planned_breakdown(load_config(CONFIGS / "roberta-base-qv-r4-dora.yaml"), 4)
+    assert b.groups["dora magnitude attention.self.query"] == 12 * 768
+    assert b.groups["dora magnitude attention.self.value"] == 12 * 768
+
+
+def test_minilm_preset_fits_its_budget_share():
+    cfg = load_config(CONFIGS / "minilm-cpu.yaml")
+    assert cfg.budget == 180_000
+    assert "minilm" in cfg.model.name
