@@ -7,7 +7,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 from .errors import LorabudgetError
 
@@ -93,20 +92,54 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _data_overrides(args) -> dict:
+    """`--set data.key=value` for verbs that read a new source with a finished run's config."""
     from .config import parse_override
-    from .evaluation import evaluate, format_report
 
     overrides = {}
     for item in args.overrides:
         path, value = parse_override(item)
         if len(path) != 2 or path[0] != "data":
-            raise LorabudgetError(f"evaluate takes only data.* overrides (how to read --data), not {item!r}")
+            raise LorabudgetError(f"{args.command} takes only data.* overrides (how to read --data), not {item!r}")
         overrides[path[1]] = value
-    scores, out = evaluate(args.run, args.data, args.out, overrides)
+    if getattr(args, "allow_pickle", False):
+        overrides["allow_pickle"] = True
+    return overrides
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate, format_report
+
+    scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args))
     print(f"evaluated {args.run} on {scores['data']}")
     print(format_report(scores))
     print(f"wrote     {out}/metrics.json and confusion_matrix.png")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_file
+
+    result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
+                          data_overrides=_data_overrides(args))
+    counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
+    print(f"predicted {result['rows']:,} rows ({result['split']} split of {args.data}): {counts}")
+    if "accuracy" in result:
+        print(f"accuracy  {result['accuracy']:.4f} (the source has labels)")
+    print(f"wrote     {result['out']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .predict import export_adapter, export_merged
+
+    if not (args.merged or args.adapter):
+        raise LorabudgetError("say what to export: --merged DIR (a plain transformers model) or --adapter DIR")
+    if args.adapter:
+        print(f"wrote adapter       {export_adapter(args.run, args.adapter)}  (PeftModel.from_pretrained)")
+    if args.merged:
+        print(f"wrote merged model  {export_merged(args.run, args.merged)}  "
+              "(AutoModelForSequenceClassification.from_pretrained)")
     return 0
 
 
@@ -165,6 +198,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to read --data, e.g. --set data.text_column=sentence")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("predict", help="write a Kaggle-style ID,Label submission for any data source")
+    p.add_argument("run", help="finished run directory")
+    p.add_argument("--data", required=True, help="data source to predict (labels optional)")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--label-format", choices=["id", "name", "source"], default="id",
+                   help="Label column: 0-based class id (default), class name, or the source's own coding")
+    p.add_argument("--proba", action="store_true", help="add one probability column per class")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickled dataset (unpickling runs code from the file: only files you trust)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="how to read --data, e.g. --set data.text_column=sentence")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run: the PEFT adapter, or a merged plain transformers model")
+    p.add_argument("run", help="finished run directory")
+    p.add_argument("--merged", metavar="DIR", help="write a merged model (adapters folded in, head, tokenizer)")
+    p.add_argument("--adapter", metavar="DIR", help="write the PEFT adapter (head included)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("config", help="print the resolved config, or every field with its help (--fields)")
     _config_args(p)
     p.add_argument("--fields", action="store_true", help="list every config field with its default and help")
@@ -205,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
