@@ -221,10 +221,10 @@ class Config(_Section):
 
 # ---- loading and overriding ---------------------------------------------------------------------------------
 
-def _format_validation_error(err: ValidationError, origin: str) -> str:
+def _format_validation_error(err: ValidationError, origin: str, prefix: str = "") -> str:
     lines = [f"invalid config ({origin}):"]
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        field = prefix + ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -286,6 +286,15 @@ def build_config(raw: dict, origin: str = "config") -> Config:
         return Config.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, origin)) from None
+
+
+def override_section(section: BaseModel, updates: dict, name: str, origin: str = "overrides") -> BaseModel:
+    """A copy of one config section (`name`: 'data', say) with `updates` applied, validated as a config file is:
+    unknown fields and wrong types are ConfigErrors naming `name.field` (model_copy would take them unchecked)."""
+    try:
+        return type(section).model_validate({**section.model_dump(), **updates})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, origin, prefix=f"{name}.")) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

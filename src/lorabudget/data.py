@@ -102,23 +102,35 @@ class _Table:
         return f"{self.origin}, line {self.lines[row]}"
 
 
+def _is_gzip(path: Path) -> bool:
+    return path.suffix.lower() == ".gz"
+
+
 def _open_text(path: Path) -> io.TextIOBase:
     """Open plain or gzip text strictly as UTF-8; decoding errors surface at read time as UnicodeDecodeError."""
-    if path.suffix == ".gz":
+    if _is_gzip(path):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict", newline="")
     return open(path, "r", encoding="utf-8", errors="strict", newline="")
 
 
 def _read_all_text(path: Path) -> str:
+    """The whole file (gunzipped) as UTF-8 text; a byte that is not UTF-8 is reported with its line."""
     try:
-        with _open_text(path) as f:
-            text = f.read()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8") from None
+        if _is_gzip(path):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         raise DataError(f"{path}: not a readable gzip file ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}, line {line}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file "
+                        "as UTF-8") from None
     if text.startswith("\ufeff"):
         text = text[1:]
     if not text.strip():
@@ -136,8 +148,11 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> list[tuple[int, list[str
                 rows.append((start, row))
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(f"{path}, line {reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} "
-                        f"({exc}); check for an unterminated quote") from None
+        # `start` is the line the broken row begins on: where an unterminated quote opens, not the end of file
+        hint = ("a quote opened in this row is never closed" if "end of data" in str(exc)
+                else 'check the quotes in this row (a quote inside a quoted field is written twice: "")')
+        raise DataError(f"{path}, line {start}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} "
+                        f"({exc}); {hint}") from None
     return rows
 
 
@@ -191,12 +206,13 @@ def _looks_classic(path: Path, cfg: DataConfig) -> bool:
     """A .csv whose first row is data (integer label, 3 fields) rather than a header naming our columns."""
     try:
         with _open_text(path) as f:
-            first = f.readline(1 << 20)
+            head = f.read(1 << 20).lstrip("\ufeff")
     except (UnicodeDecodeError, OSError, EOFError, zlib.error):
         return False  # let the chosen reader produce the precise error
     try:
-        row = next(csv.reader([first]))
-    except (csv.Error, StopIteration):
+        # the first record, not the first line: a quoted title may hold a line break
+        row = next((r for r in csv.reader(io.StringIO(head, newline="")) if r), [])
+    except csv.Error:
         return False
     if cfg.text_column in row or cfg.label_column in row:
         return False
@@ -206,13 +222,17 @@ def _looks_classic(path: Path, cfg: DataConfig) -> bool:
 def _read_jsonl(path: Path) -> _Table:
     columns: dict[str, list[Any]] = {}
     lines: list[int] = []
-    for number, line in enumerate(_read_all_text(path).splitlines(), start=1):
+    # Lines end at '\n' only: str.splitlines() also splits at U+2028, U+0085 and others, which JSON strings may
+    # hold unescaped.
+    for number, line in enumerate(_read_all_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # an integer too long to convert, nesting too deep
+            raise DataError(f"{path}, line {number}: not usable JSON ({type(exc).__name__}: {exc})") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object per line, got {type(obj).__name__}")
         for key in obj:
@@ -246,6 +266,10 @@ def _columns_from_object(obj: Any, origin: str) -> dict[str, list[Any]]:
     if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # a pandas DataFrame
         return {str(k): list(v) for k, v in obj.to_dict(orient="list").items()}
     if isinstance(obj, dict) and all(isinstance(v, (list, tuple)) for v in obj.values()):
+        lengths = {str(k): len(v) for k, v in obj.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"{origin}: the pickled columns differ in length ({lengths}); every column needs one "
+                            "value per row")
         return {str(k): list(v) for k, v in obj.items()}
     raise DataError(f"{origin}: the pickle holds a {type(obj).__name__}, expected a datasets.Dataset, a pandas "
                     "DataFrame or a dict of columns")
@@ -318,7 +342,8 @@ def _as_label_key(value: Any) -> str:
 
 def _infer_label_space(values: list[str]) -> LabelSpace:
     distinct = sorted(set(values))
-    if all(re.fullmatch(r"-?\d+", v) for v in distinct):
+    # ASCII digits, and short enough for int(): Python refuses to convert strings of more than 4300 digits
+    if all(re.fullmatch(r"-?[0-9]{1,18}", v) for v in distinct):
         distinct = sorted(distinct, key=int)
         # Plain ids 0..K-1 keep their meaning; any other coding is mapped in sorted order.
     return LabelSpace(distinct, list(distinct))
@@ -428,12 +453,28 @@ def _read_tables(source: str, cfg: DataConfig) -> dict[str, _Table]:
     return {"train": readers[fmt]()}
 
 
-def _config_label_space(cfg: DataConfig) -> Optional[LabelSpace]:
+def _config_label_space(cfg: DataConfig, declared: Optional[LabelSpace]) -> Optional[LabelSpace]:
+    """data.label_names, read with the source's own coding where it declares one (classic AG News writes its
+    classes as '1'..'4'): the config names the classes, it does not recode the file."""
     if cfg.label_names is None:
         return None
     if len(set(cfg.label_names)) != len(cfg.label_names) or len(cfg.label_names) < 2:
-        raise DataError("data.label_names must list at least 2 distinct class names")
-    return LabelSpace(list(cfg.label_names), [str(i) for i in range(len(cfg.label_names))])
+        raise DataError(f"data.label_names must list at least 2 distinct class names, got {cfg.label_names}")
+    if declared is None:
+        return LabelSpace(list(cfg.label_names), [str(i) for i in range(len(cfg.label_names))])
+    if len(declared.names) != len(cfg.label_names):
+        raise DataError(f"data.label_names lists {len(cfg.label_names)} classes but the data declares "
+                        f"{len(declared.names)} ({', '.join(declared.names)})")
+    return LabelSpace(list(cfg.label_names), list(declared.source_values))
+
+
+def _with_declared_codes(space: LabelSpace, declared: Optional[LabelSpace]) -> LabelSpace:
+    """A fixed label space (a trained run's) read with the coding a source declares, matched by class name: a run
+    trained on the Hub's ag_news (codes 0..3) scores the classic CSV (codes 1..4) correctly, and the reverse."""
+    if declared is None or sorted(declared.names) != sorted(space.names):
+        return space
+    code = dict(zip(declared.names, declared.source_values))
+    return LabelSpace(list(space.names), [code[n] for n in space.names])
 
 
 def load_source(cfg: DataConfig, source: Optional[str] = None, *, labels: Optional[LabelSpace] = None,
@@ -441,9 +482,11 @@ def load_source(cfg: DataConfig, source: Optional[str] = None, *, labels: Option
     """Read a source into examples. `labels` fixes the label space (a trained run's), else it is discovered."""
     source = resolve_source(source or cfg.source)
     tables = _read_tables(source, cfg)
-    space = labels or _config_label_space(cfg)
-    if space is None:
-        space = next((t.label_space for t in tables.values() if t.label_space is not None), None)
+    declared = next((t.label_space for t in tables.values() if t.label_space is not None), None)
+    if labels is not None:
+        space = _with_declared_codes(labels, declared)
+    else:
+        space = _config_label_space(cfg, declared) or declared
     splits = {}
     # Read 'train' first so that a label space inferred from it also codes the other splits.
     for split in sorted(tables, key=lambda s: s != "train"):
@@ -455,13 +498,18 @@ def load_source(cfg: DataConfig, source: Optional[str] = None, *, labels: Option
 
 # ---- the validation split --------------------------------------------------------------------------------
 
-def _stratified_take(labels: np.ndarray, n_take: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a stratified sample of n_take rows: per-class shares by largest remainder, rows at random."""
+def _stratified_take(labels: np.ndarray, n_take: int, rng: np.random.Generator,
+                     leave_per_class: int = 0) -> np.ndarray:
+    """Indices of a stratified sample of n_take rows: per-class shares by largest remainder, rows at random.
+
+    At most `count - leave_per_class` rows are taken from a class: the validation split leaves every class at
+    least one training row, which plain largest remainder does not (a 1-row class can win a remainder)."""
     classes, counts = np.unique(labels, return_counts=True)
+    room = counts - leave_per_class
     exact = n_take * counts / counts.sum()
-    take = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - take), kind="stable")[: n_take - take.sum()]:
-        take[i] += 1
+    take = np.minimum(np.floor(exact).astype(int), room)
+    while take.sum() < n_take:  # one more row to the largest remainder among classes with room left
+        take[np.argmax(np.where(take < room, exact - take, -np.inf))] += 1
     chosen = []
     for cls, k in zip(classes, take):
         members = np.flatnonzero(labels == cls)
@@ -480,22 +528,24 @@ def validation_hash(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
-def split_train_validation(examples: Examples, cfg: DataConfig, n_classes: int) -> Split:
+def split_train_validation(examples: Examples, cfg: DataConfig, n_classes: int,
+                           source: str = "the training data") -> Split:
+    """`source` names the data in messages."""
     if examples.labels is None:
-        raise DataError("training data needs labels")
+        raise DataError(f"{source}: training data needs labels (column {cfg.label_column!r})")
     labels = np.asarray(examples.labels)
     present = np.unique(labels)
     if len(present) < 2:
-        raise DataError(f"the training data holds a single class ({present.tolist()}); a classifier needs at "
-                        "least 2")
+        held = f"a single class (id {int(present[0])})" if len(present) else "no rows"
+        raise DataError(f"{source}: the training data holds {held}; a classifier needs at least 2 classes")
     n = len(labels)
     size = cfg.validation_size
     n_val = int(round(size * n)) if isinstance(size, float) else int(size)
     if n_val >= n - len(present) + 1 or n_val < 1:
-        raise DataError(f"data.validation_size={size} asks for {n_val} validation rows out of {n}: it must "
-                        f"leave at least one training row per class ({len(present)} classes)")
+        raise DataError(f"{source}: data.validation_size={size} asks for {n_val} validation rows out of {n}: it "
+                        f"must leave at least one training row per class ({len(present)} classes)")
     rng = np.random.default_rng(cfg.split_seed)
-    val_idx = _stratified_take(labels, n_val, rng)
+    val_idx = _stratified_take(labels, n_val, rng, leave_per_class=1)
     train_mask = np.ones(n, dtype=bool)
     train_mask[val_idx] = False
     train_idx = np.flatnonzero(train_mask)

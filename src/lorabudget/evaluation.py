@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from .api import Classifier
+from .config import DataConfig, load_config, override_section
 from .data import load_source, split_train_validation
 from .errors import DataError
 from .metrics import classification_scores, format_report
@@ -13,16 +14,14 @@ from .plots import plot_confusion_matrix
 from .rundir import atomic_write_json, open_finished
 
 
-def _evaluation_rows(clf: Classifier, source: Optional[str], overrides: dict):
+def _evaluation_rows(clf: Classifier, source: Optional[str], data_cfg: DataConfig):
     """The examples to score and a name for them. By default, the run's own validation rows: the same split,
     re-derived from the data, checked against the hash the run recorded, so training rows are never scored."""
-    cfg = clf.config
-    data_cfg = cfg.data.model_copy(update=overrides)
     summary = clf.run.summary()
     run_source = summary["data"]["source"]
     if source is None or source == run_source:
         dataset = load_source(data_cfg, run_source, labels=clf.labels)
-        split = split_train_validation(dataset.splits["train"], data_cfg, len(clf.labels.names))
+        split = split_train_validation(dataset.splits["train"], data_cfg, len(clf.labels.names), run_source)
         if split.validation_hash != summary["data"]["validation_hash"]:
             raise DataError(f"{run_source} no longer yields the validation rows this run was scored on (hash "
                             f"{split.validation_hash} != {summary['data']['validation_hash']}); the data changed")
@@ -39,8 +38,10 @@ def _evaluation_rows(clf: Classifier, source: Optional[str], overrides: dict):
 def evaluate(run_dir: str, source: Optional[str] = None, out_dir: Optional[str] = None,
              data_overrides: Optional[dict] = None, progress: bool = True) -> tuple[dict, Path]:
     run = open_finished(run_dir)
+    # checked before the model loads: a mistyped --set fails at once
+    data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
     clf = Classifier(run)
-    examples, name = _evaluation_rows(clf, source, data_overrides or {})
+    examples, name = _evaluation_rows(clf, source, data_cfg)
     data = clf.tokenize(examples.texts, examples.labels, progress=progress)
     preds = clf.logits(data, batch_size=clf.config.eval.batch_size, progress=progress).argmax(axis=1)
     scores = classification_scores(examples.labels, preds, clf.class_names)

@@ -14,7 +14,7 @@ from .adapters import add_adapters
 from .budget import Breakdown, check_budget, count_trainable
 from .config import Config
 from .data import Dataset, LabelSpace, Split, load_source, split_train_validation
-from .errors import ModelError
+from .errors import DataError, ModelError
 from .heads import HeadSpec
 from .models import build_on_meta, load_pretrained
 
@@ -32,8 +32,8 @@ class TrainingData:
 def load_training_data(cfg: Config) -> TrainingData:
     dataset = load_source(cfg.data)
     if "train" not in dataset.splits:
-        raise ModelError(f"{dataset.source} has no training split")
-    split = split_train_validation(dataset.splits["train"], cfg.data, len(dataset.labels.names))
+        raise DataError(f"{dataset.source} has no training split (a data folder needs train.csv)")
+    split = split_train_validation(dataset.splits["train"], cfg.data, len(dataset.labels.names), dataset.source)
     return TrainingData(dataset, split)
 
 
