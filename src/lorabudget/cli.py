@@ -60,8 +60,7 @@ def cmd_train(args) -> int:
         if cfg.output_dir is None:
             cfg = cfg.model_copy(update={"output_dir": _default_output_dir(cfg)})
         run = RunDir(cfg.output_dir)
-        # RANK is set by torchrun / accelerate launch before any process group exists
-        run.prepare_new(args.overwrite, main_process=os.environ.get("RANK", "0") == "0")
+        run.check_new(args.overwrite)  # every process checks; the main one clears the folder once setup passed
         resume = False
 
     from .engine import train

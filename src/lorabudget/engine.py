@@ -206,6 +206,7 @@ class TrainingRecipe:
             if self.main:
                 self.run.truncate_metrics(self.state.step)
         elif self.main:
+            self.run.reset()  # only now: a config, data or model error above leaves an older run untouched
             self._write_run_header()
         if cfg.logging.tensorboard:
             acc.init_trackers("lorabudget", config={k: str(v) for k, v in cfg.model_dump().items()})

@@ -116,9 +116,9 @@ class RunDir:
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def prepare_new(self, overwrite: bool, *, main_process: bool = True) -> None:
-        """Refuse to clobber a run unless asked; then start from an empty folder. Under several processes each
-        one checks (so that all fail alike) and only the main one clears the folder."""
+    def check_new(self, overwrite: bool) -> None:
+        """Refuse to clobber a run unless asked. Only checks: the folder is cleared by `reset`, once the new run's
+        config, data and model have passed their own checks, so a failing `--overwrite` keeps the old run."""
         self._refuse_foreign()
         if self.path.exists() and any(self.path.iterdir()):
             if self.is_finished() and not overwrite:
@@ -129,13 +129,21 @@ class RunDir:
                                   f"--resume {self.path}`, or pass --overwrite to start again")
             if not overwrite and not self.config.is_file():
                 raise RunDirError(f"{self.path} exists and is not a run directory; choose another --output-dir")
-            if main_process:
-                shutil.rmtree(self.path)
-        if main_process:
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise RunDirError(f"cannot create the run directory {self.path} ({exc.strerror or exc})") from None
+        parent = self.path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not os.access(parent, os.W_OK):
+            raise RunDirError(f"cannot create the run directory {self.path}: {parent} is not writable")
+
+    def reset(self) -> None:
+        """Start from an empty folder (the main process only, after `check_new`)."""
+        self._refuse_foreign()
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create the run directory {self.path} ({exc.strerror or exc})") from None
 
     def _refuse_foreign(self) -> None:
         """A run directory is ours to replace; a file, or a folder holding anything else, is not (even with
