@@ -13,7 +13,7 @@ import platform
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -136,6 +136,7 @@ class LoopState:
     samples: int = 0  # training examples seen, all processes
     train_seconds: float = 0.0
     stopped_early: bool = False
+    stopped_by: Optional[str] = None  # None, or "callback" when on_evaluate asked to stop
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -144,8 +145,11 @@ class LoopState:
 class TrainingRecipe:
     """One training run, from config to finished run directory (torchtune's recipe shape)."""
 
-    def __init__(self, cfg: Config, run: RunDir, *, resume: bool = False):
-        self.cfg, self.run, self.resume = cfg, run, resume
+    def __init__(self, cfg: Config, run: RunDir, *, resume: bool = False,
+                 on_evaluate: Optional[Callable[[int, dict], bool]] = None):
+        # on_evaluate(step, validation scores) -> True asks the run to stop now (a sweep pruning a poor trial);
+        # the run then finishes normally, best adapter saved, with `stopped_by: "callback"` in its summary.
+        self.cfg, self.run, self.resume, self.on_evaluate = cfg, run, resume, on_evaluate
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -330,6 +334,8 @@ class TrainingRecipe:
         patience = cfg.eval.early_stopping_patience
         if patience is not None and st.evals_without_improvement >= patience:
             st.stopped_early = True
+        if self.on_evaluate is not None and self.on_evaluate(st.step, scores):
+            st.stopped_early, st.stopped_by = True, "callback"
         self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
                    "val_loss": scores["loss"], "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]})
         bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
@@ -362,6 +368,7 @@ class TrainingRecipe:
                 "final": {"step": st.step, **{k: final_scores[k] for k in ("accuracy", "macro_f1", "loss")}},
                 "steps": st.step, "total_steps": self.total_steps, "epochs": round(st.step / self.steps_per_epoch, 4),
                 "stopped_early": st.stopped_early,
+                "stopped_by": st.stopped_by or ("early_stopping" if st.stopped_early else None),
                 "trainable_params": self.adapted.breakdown.total,
                 "budget": cfg.budget,
                 "breakdown": self.adapted.breakdown.to_json(),
@@ -404,8 +411,11 @@ class TrainingRecipe:
         return format_breakdown(b, self.cfg.budget)
 
 
-def train(cfg: Config, run: RunDir, *, resume: bool = False, on_ready=None) -> dict:
-    recipe = TrainingRecipe(cfg, run, resume=resume)
+def train(cfg: Config, run: RunDir, *, resume: bool = False, on_ready=None,
+          on_evaluate: Optional[Callable[[int, dict], bool]] = None) -> dict:
+    """Train `cfg` into `run` (a RunDir the caller has checked with `check_new`, or an unfinished one to resume).
+    Returns the summary (empty on non-main processes)."""
+    recipe = TrainingRecipe(cfg, run, resume=resume, on_evaluate=on_evaluate)
     recipe.setup()
     if on_ready is not None:
         on_ready(recipe)
