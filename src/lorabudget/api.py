@@ -33,7 +33,7 @@ def load_peft_model(cfg: Config, labels: LabelSpace, adapter_dir: Path):
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise RunDirError(f"{adapter_dir} holds no adapter_model.safetensors")
     model = load_pretrained(cfg.model.name, labels.names, trust_remote_code=cfg.model.trust_remote_code)
-    apply_head(model, cfg.head.type)
+    apply_head(model, cfg.head)  # the whole head section: lowrank needs its rank
     return PeftModel.from_pretrained(model, str(adapter_dir))
 
 

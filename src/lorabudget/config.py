@@ -139,11 +139,17 @@ class AdapterConfig(_Section):
 
 
 class HeadConfig(_Section):
-    type: Literal["default", "pooler", "linear"] = Field(
+    type: Literal["default", "pooler", "linear", "lowrank"] = Field(
         "default",
         description="Classification head, trained in full and counted in the budget. 'default': the model class's "
         "own head (roberta: dense 768x768 + output, 593,668; BERT: the output layer behind a frozen pooler). "
-        "'pooler': BERT-style models only, the pooler trains too. 'linear': one output layer on the first token.",
+        "'pooler': BERT-style models only, the pooler trains too. 'linear': one output layer on the first token. "
+        "'lowrank': first token -> dense factored through rank `head.rank` (hidden -> k -> hidden) -> tanh -> "
+        "output layer (for BERT it replaces the pooler); roberta-base, k=32, 4 classes: 52,996.",
+    )
+    rank: int = Field(
+        32, gt=0, description="Rank k of the 'lowrank' head's factored dense layer: 2 x hidden x k + hidden "
+        "parameters instead of hidden x hidden + hidden. Ignored by the other head types."
     )
 
 

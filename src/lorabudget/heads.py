@@ -1,5 +1,8 @@
 """Classification heads. Each is a budget lever: roberta's own head alone is 593,668 parameters, 59% of a 1M budget.
 
+'lowrank' keeps the shape of roberta's head (dense, tanh, output layer) but factors its hidden x hidden dense
+through rank k, so the head costs 2 x hidden x k + hidden + the output layer: 52,996 for roberta-base at k=32.
+
 A head is set up on the plain transformers model *before* adapters are added; `peft` then trains the head's
 modules in full (`modules_to_save`). The model families are told apart by their configuration's `model_type`.
 """
@@ -11,11 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .config import HeadConfig
 from .errors import ModelError
 
 ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
 BERT_LIKE = {"bert"}
-HEAD_TYPES = ("default", "pooler", "linear")
+HEAD_TYPES = ("default", "pooler", "linear", "lowrank")
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,51 @@ class FirstTokenLinear(nn.Module):
 
     def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
         return self.out_proj(self.dropout(features[:, 0, :]))
+
+
+class LowRankDense(nn.Module):
+    """A hidden x hidden dense layer of rank k, as the product of hidden -> k -> hidden.
+
+    Only the second factor has a bias: U (V x) + b is exactly a dense layer whose weight U V has rank k. Both
+    factors keep PyTorch's default init (uniform, scaled by fan-in), so the product starts at a moderate scale;
+    two std-0.02 factors would make it, and its gradients, vanish.
+    """
+
+    def __init__(self, hidden_size: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, rank, bias=False)
+        self.up = nn.Linear(rank, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+
+class FirstTokenLowRank(nn.Module):
+    """roberta's classification head with its dense layer factored through rank k: dropout, dense (hidden -> k ->
+    hidden), tanh, dropout, output layer, on the first token's hidden state."""
+
+    def __init__(self, hidden_size: int, rank: int, num_labels: int, dropout: float, init_std: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.dense = LowRankDense(hidden_size, rank)
+        self.out_proj = nn.Linear(hidden_size, num_labels)
+        nn.init.normal_(self.out_proj.weight, std=init_std)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
+        x = torch.tanh(self.dense(self.dropout(features[:, 0, :])))
+        return self.out_proj(self.dropout(x))
+
+
+class LowRankPooler(nn.Module):
+    """Stands in for BERT's pooler: tanh of a rank-k dense layer on the first token (BERT's classifier follows)."""
+
+    def __init__(self, hidden_size: int, rank: int):
+        super().__init__()
+        self.dense = LowRankDense(hidden_size, rank)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
 class FirstToken(nn.Module):
@@ -62,8 +111,15 @@ def head_module_names(model) -> tuple[str, ...]:
     return (names[0],)
 
 
-def apply_head(model, head_type: str) -> HeadSpec:
-    """Set up the head on a transformers sequence-classification model; return what trains."""
+def apply_head(model, head: HeadConfig | str) -> HeadSpec:
+    """Set up the head on a transformers sequence-classification model; return what trains.
+
+    `head` is the config's head section, or just a head type (its other fields, such as the rank, at their
+    defaults)."""
+    if isinstance(head, str):
+        head_type, rank = head, HeadConfig.model_fields["rank"].default
+    else:
+        head_type, rank = head.type, head.rank
     config = model.config
     family = model_family(config)
     head = head_module_names(model)
@@ -89,5 +145,21 @@ def apply_head(model, head_type: str) -> HeadSpec:
             model.base_model.pooler = FirstToken()
             return HeadSpec("linear", head, stock_loadable=False)
         raise ModelError(f"head.type=linear is available for roberta- and BERT-style models, not "
+                         f"{config.model_type!r}; use head.type=default")
+    if head_type == "lowrank":
+        dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
+        std = getattr(config, "initializer_range", 0.02)
+        device = next(getattr(model, head[0]).parameters()).device
+        if family == "roberta":
+            with torch.device(device):
+                model.classifier = FirstTokenLowRank(config.hidden_size, rank, config.num_labels, dropout, std)
+            return HeadSpec("lowrank", head, stock_loadable=False)
+        if family == "bert":
+            # The pooler's place: first token -> rank-k dense -> tanh; BERT's own classifier (dropout + output
+            # layer) stays behind it. Both train, so both are saved.
+            with torch.device(device):
+                model.base_model.pooler = LowRankPooler(config.hidden_size, rank)
+            return HeadSpec("lowrank", head + ("pooler",), stock_loadable=False)
+        raise ModelError(f"head.type=lowrank is available for roberta- and BERT-style models, not "
                          f"{config.model_type!r}; use head.type=default")
     raise ModelError(f"unknown head type {head_type!r}; choose one of {', '.join(HEAD_TYPES)}")

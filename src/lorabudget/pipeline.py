@@ -40,7 +40,7 @@ def load_training_data(cfg: Config) -> TrainingData:
 def planned_breakdown(cfg: Config, num_labels: int) -> Breakdown:
     """The exact trainable count, from the model's shape on the meta device (no weights, no download)."""
     model = build_on_meta(cfg.model.name, num_labels, trust_remote_code=cfg.model.trust_remote_code)
-    peft_model, _, _ = add_adapters(model, cfg.adapter, cfg.head.type, meta_ok=True)
+    peft_model, _, _ = add_adapters(model, cfg.adapter, cfg.head, meta_ok=True)
     return count_trainable(peft_model)
 
 
@@ -58,7 +58,7 @@ def build_adapted_model(cfg: Config, labels: LabelSpace) -> AdaptedModel:
     planned = planned_breakdown(cfg, len(labels.names))
     check_budget(planned, cfg.budget)
     model = load_pretrained(cfg.model.name, labels.names, trust_remote_code=cfg.model.trust_remote_code)
-    peft_model, head, targets = add_adapters(model, cfg.adapter, cfg.head.type)
+    peft_model, head, targets = add_adapters(model, cfg.adapter, cfg.head)
     real = count_trainable(peft_model)
     if real.total != planned.total:
         raise ModelError(f"the built model trains {real.total:,} parameters but its shape promised "

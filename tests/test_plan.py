@@ -1,0 +1,289 @@
+"""`lorabudget plan`: the planner's closed-form arithmetic against the built model, the search, the written
+configs (they train, and train exactly the planned count), the low-rank head, the picture.
+
+roberta-base is built on the meta device from its shipped configuration (no weights, no Hub); the property tests
+and the training runs use the tiny models of conftest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import make_texts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lorabudget import planner
+from lorabudget.adapters import add_adapters
+from lorabudget.cli import main
+from lorabudget.config import build_config
+from lorabudget.pipeline import planned_breakdown
+
+PUBLISHED = {  # roberta-base, 4 labels, default head
+    "qv-r8": ({"r": 8, "target_modules": ["query", "value"]}, 888_580),
+    "qv-r8-bias-all": ({"r": 8, "target_modules": ["query", "value"], "bias": "all"}, 990_724),
+    "value-r22": ({"r": 22, "target_modules": ["value"]}, 999_172),
+    "qv-r4-dora": ({"r": 4, "target_modules": ["query", "value"], "use_dora": True}, 759_556),
+    "layers-0-1-5-10-11-r12": ({"r": 12, "target_modules": ["query", "value"], "layers": [0, 1, 5, 10, 11]},
+                               777_988),
+}
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def config(model: str, adapter: dict, head: dict | None = None, **top):
+    return build_config({"model": {"name": model}, "adapter": adapter, "head": head or {}, **top})
+
+
+def arithmetic(cfg, shape: planner.ModelShape) -> planner.Counts:
+    return planner.count_allocation(shape, planner.allocation_from_config(cfg, shape))
+
+
+def really_trains(model) -> int:
+    """Parameters that require grad, each once; peft's frozen copies of saved modules never train."""
+    return sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and ".original_module." not in n)
+
+
+@pytest.fixture(scope="module")
+def roberta_base() -> planner.ModelShape:
+    return planner.model_shape("roberta-base", 4)
+
+
+# ---- exact figures for roberta-base --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_figures_by_arithmetic_and_built_model(name, roberta_base):
+    adapter, expected = PUBLISHED[name]
+    cfg = config("roberta-base", adapter)
+    counts = arithmetic(cfg, roberta_base)
+    built = planned_breakdown(cfg, 4)
+    assert counts.total == built.total == expected
+    assert counts.groups == dict(built.groups) and counts.layers == built.layers
+
+
+@pytest.mark.parametrize("init", ["default", "gaussian", "pissa", "olora"])
+def test_count_does_not_depend_on_init(init, roberta_base):
+    cfg = config("roberta-base", {"r": 8, "target_modules": ["query", "value"], "init": init})
+    assert arithmetic(cfg, roberta_base).total == planned_breakdown(cfg, 4).total == 888_580
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_real_weight_inits_count_the_same_on_a_real_model(init, tiny_roberta):
+    """pissa and olora decompose real weights; planning uses the default init in their place. On real weights
+    the count is the arithmetic's."""
+    from lorabudget.models import load_pretrained
+
+    cfg = config(str(tiny_roberta), {"r": 4, "target_modules": ["query", "value", "dense"], "init": init})
+    model, _, _ = add_adapters(load_pretrained(str(tiny_roberta), ["a", "b", "c", "d"]), cfg.adapter, cfg.head)
+    assert really_trains(model) == arithmetic(cfg, planner.model_shape(str(tiny_roberta), 4)).total
+
+
+def test_search_finds_the_published_allocations(roberta_base):
+    """The search's own bookkeeping (per-layer tables, bisection) reaches the same figures."""
+    for adapter, expected in PUBLISHED.values():
+        space = planner.SearchSpace(
+            methods=("dora",) if adapter.get("use_dora") else ("lora",), modules=tuple(adapter["target_modules"]),
+            ranks=(adapter["r"],), heads=("default",), biases=(adapter.get("bias", "none"),),
+            custom_layers=(tuple(adapter["layers"]),) if "layers" in adapter else ())
+        designs = planner.enumerate_designs(roberta_base, 1_000_000, space, head_rank=32)
+        wanted = tuple(adapter.get("layers", range(12)))
+        design = next(d for d in designs if d.layers == wanted and d.table.subset == tuple(adapter["target_modules"]))
+        assert design.total(design.fits - 1) == expected
+
+
+# ---- property: arithmetic == built model, on random configs --------------------------------------------------
+
+TARGET_NAMES = ["query", "key", "value", "dense", "self.query", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense"]
+
+
+@st.composite
+def adapter_and_head(draw, family: str):
+    targets = draw(st.lists(st.sampled_from(TARGET_NAMES), min_size=1, max_size=4, unique=True))
+    layers = draw(st.none() | st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True))
+    # rank_pattern keys: a target name, or the full name of an adapted module (peft: first matching key wins)
+    hits = [lin for lin in planner.LINEARS if any(lin == t or lin.endswith("." + t) for t in targets)]
+    full = [f"{family}.encoder.layer.{i}.{lin}" for i in (layers or [0, 1]) for lin in hits]
+    pattern = draw(st.dictionaries(st.sampled_from(targets + full), st.integers(1, 9), max_size=3))
+    adapter = {"r": draw(st.integers(1, 9)), "target_modules": targets, "layers": layers, "rank_pattern": pattern,
+               "bias": draw(st.sampled_from(["none", "all", "lora_only"])), "use_dora": draw(st.booleans()),
+               "init": draw(st.sampled_from(["default", "gaussian"]))}
+    heads = ["default", "linear", "lowrank"] + (["pooler"] if family == "bert" else [])
+    head = {"type": draw(st.sampled_from(heads)), "rank": draw(st.integers(1, 40))}
+    return adapter, head
+
+
+def _check_random_config(model_dir: Path, adapter: dict, head: dict) -> None:
+    from lorabudget.budget import count_trainable
+    from lorabudget.models import build_on_meta
+
+    cfg = config(str(model_dir), adapter, head)
+    labels = 3
+    model, _, _ = add_adapters(build_on_meta(str(model_dir), labels), cfg.adapter, cfg.head, meta_ok=True)
+    counts = arithmetic(cfg, planner.model_shape(str(model_dir), labels))
+    assert counts.total == really_trains(model)
+    built = count_trainable(model)
+    assert counts.groups == dict(built.groups) and counts.layers == built.layers
+
+
+@SETTINGS
+@given(drawn=adapter_and_head("roberta"))
+def test_arithmetic_equals_built_model_roberta(tiny_roberta, drawn):
+    _check_random_config(tiny_roberta, *drawn)
+
+
+@SETTINGS
+@given(drawn=adapter_and_head("bert"))
+def test_arithmetic_equals_built_model_bert(tiny_bert, drawn):
+    _check_random_config(tiny_bert, *drawn)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(budget=st.integers(400, 12_000), ranks=st.sampled_from(["1,2,4", "2,8", "3,5"]), seed=st.integers(0, 99))
+def test_every_searched_row_fits_and_is_verified(tiny_bert, budget, ranks, seed):
+    """search() builds every row and a random sample on the meta device and raises on any disagreement."""
+    base = config(str(tiny_bert), {}, budget=budget)
+    try:
+        plan = planner.search(base, str(tiny_bert), planner.SearchSpace.parse(ranks=ranks), top=3, sample=2,
+                              seed=seed)
+    except planner.BudgetError:
+        return  # nothing fits a very small budget: that is an answer, not a failure
+    assert plan.rows and all(counts.total <= budget for _, counts, _ in plan.rows)
+
+
+def test_rank_pattern_for_a_separate_ffn_output_rank(roberta_base):
+    """'output.dense' also matches attention.output.dense: that one needs its own, earlier, key."""
+    base = config("roberta-base", {})
+    for ranks in [(("attention.output.dense", 4), ("output.dense", 8)),
+                  (("query", 4), ("value", 4), ("attention.output.dense", 4), ("output.dense", 16))]:
+        cand = planner.Candidate("linear", 32, "none", False, tuple(range(12)), "all 12", ranks)
+        cfg = planner.candidate_config(base, roberta_base, 1_000_000, cand)
+        assert next(iter(cfg.adapter.rank_pattern)) == "attention.output.dense"
+        planner.verify(cfg, planner.count_allocation(roberta_base, cand.allocation()), 4)
+
+
+def test_a_wrong_count_fails_loudly(roberta_base):
+    cfg = config("roberta-base", {"r": 8})
+    counts = arithmetic(cfg, roberta_base)
+    counts.total += 1
+    with pytest.raises(planner.PlanMismatch):
+        planner.verify(cfg, counts, 4)
+
+
+# ---- the CLI -----------------------------------------------------------------------------------------------
+
+def test_plan_config_prints_breakdown(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("adapter: {r: 4, target_modules: [query, value], use_dora: true}\n")
+    assert main(["plan", "-c", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "759,556" in out and "fits" in out and "dora magnitude attention.self.value" in out
+    assert "per encoder layer" in out
+
+
+def test_plan_over_budget_exits_2(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("adapter: {r: 64, target_modules: [query, value]}\nbudget: 1000000\n")
+    assert main(["plan", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "over the budget of 1,000,000" in err and "EXCEEDS" in err
+
+
+def test_search_with_nothing_that_fits_exits_2(tiny_roberta, capsys):
+    assert main(["plan", "--model", str(tiny_roberta), "--budget", "50"]) == 2
+    assert "no allocation fits a budget of 50" in capsys.readouterr().err
+
+
+def test_bad_search_options_exit_2(tiny_roberta, capsys):
+    assert main(["plan", "--model", str(tiny_roberta), "--modules", "query,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["plan", "--model", str(tiny_roberta), "--heads", "pooler"]) == 2
+    assert "pooler" in capsys.readouterr().err
+    assert main(["plan", "--write", "x.yaml"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_roberta_base_under_1m(tmp_path, capsys):
+    png = tmp_path / "split.png"
+    assert main(["plan", "--model", "roberta-base", "--budget", "1000000", "--top", "4", "--sample", "1",
+                 "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+\s+[\d,]+\s+[\d.]+%", line)]
+    assert len(rows) == 4
+    totals = [int(row.split()[1].replace(",", "")) for row in rows]
+    assert all(t <= 1_000_000 for t in totals)
+    assert "verified  5 allocations" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(png).shape[2] in (3, 4)  # decodes as an image
+
+
+# ---- written candidates train, with exactly the planned count ----------------------------------------------
+
+def stated_count(path: Path) -> int:
+    m = re.search(r"^# trainable: ([\d,]+)", path.read_text(), flags=re.MULTILINE)
+    assert m, path.read_text()
+    return int(m.group(1).replace(",", ""))
+
+
+TRAIN_SETTINGS = ["--set", "model.max_length=32", "--set", "model.precision=fp32", "--set", "model.device=cpu",
+                  "--set", "optim.batch_size=16", "--set", "logging.progress=false"]
+
+
+def check_reload(run: Path) -> None:
+    """The head's trained weights are saved with the adapter, and a reload puts exactly them in place."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    import lorabudget
+    from lorabudget.api import load_peft_model
+    from lorabudget.config import load_config
+    from lorabudget.data import LabelSpace
+
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    saved_head = {k: v for k, v in saved.items() if ".classifier." in k or ".pooler." in k}
+    assert any(".dense.down." in k for k in saved_head) and any(".dense.up." in k for k in saved_head)
+    cfg = load_config(run / "config.yaml")
+    labels = LabelSpace.from_json(json.loads((run / "labels.json").read_text()))
+    # what peft would save from the reloaded model is what was saved: the head came back, not a fresh init
+    again = get_peft_model_state_dict(load_peft_model(cfg, labels, run / "adapter"))
+    for key, tensor in saved_head.items():
+        assert torch.equal(again[key], tensor), key
+    probs = lorabudget.load(run).predict_proba([t for t, _ in make_texts(8, seed=3)])
+    assert probs.shape == (8, 4)
+
+
+@pytest.mark.parametrize("model,plan_args", [
+    ("tiny_roberta", ["--heads", "lowrank", "--set", "head.rank=4"]),
+    ("tiny_roberta", ["--heads", "default", "--methods", "dora", "--bias", "lora_only", "--pick", "2"]),
+    ("tiny_bert", ["--heads", "lowrank", "--bias", "all", "--layers", "1", "--pick", "3"]),
+], ids=["roberta-lowrank", "roberta-dora-pick2", "bert-lowrank-pick3"])
+def test_written_candidate_trains_with_planned_count(model, plan_args, request, easy_csv, tmp_path):
+    model_dir = request.getfixturevalue(model)
+    path = tmp_path / "planned.yaml"
+    assert main(["plan", "--model", str(model_dir), "--budget", "6000", "--top", "3", "--sample", "1",
+                 "--write", str(path), *plan_args]) == 0
+    planned = stated_count(path)
+    out = tmp_path / "run"
+    assert main(["train", "-c", str(path), "--data", str(easy_csv), "--output-dir", str(out), "--max-steps", "4",
+                 *TRAIN_SETTINGS]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trainable_params"] == planned <= 6000
+    if "lowrank" in plan_args:
+        check_reload(out)
+
+
+@pytest.mark.parametrize("model", ["roberta-base", "bert-base-uncased"])
+def test_lowrank_head_counts_as_head(model):
+    """hidden -> k -> hidden (the first factor without bias), tanh, output layer: 2 x 768 x 32 + 768 + 3,076."""
+    cfg = config(model, {"r": 8}, {"type": "lowrank", "rank": 32})
+    built = planned_breakdown(cfg, 4)
+    head = {g: n for g, n in built.groups.items() if g.startswith("head")}
+    assert sum(head.values()) == 2 * 768 * 32 + 768 + 768 * 4 + 4 == 52_996
+    if model == "bert-base-uncased":  # the pooler's place, BERT's own classifier behind it
+        assert head == {"head (classifier)": 3_076, "head (pooler)": 49_920}
+    assert arithmetic(cfg, planner.model_shape(model, 4)).groups == dict(built.groups)
