@@ -103,8 +103,11 @@ TARGET_NAMES = ["query", "key", "value", "dense", "self.query", "attention.self.
 def adapter_and_head(draw, family: str):
     targets = draw(st.lists(st.sampled_from(TARGET_NAMES), min_size=1, max_size=4, unique=True))
     layers = draw(st.none() | st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True))
-    # rank_pattern keys: a target name, or the full name of an adapted module (peft: first matching key wins)
-    hits = [lin for lin in planner.LINEARS if any(lin == t or lin.endswith("." + t) for t in targets)]
+    # rank_pattern keys: a target name, or the full name of an adapted module (the first matching key wins).
+    # A target names the module of exactly its name where there is one, else those it is a dotted suffix of.
+    def named(t):
+        return [t] if t in planner.LINEARS else [lin for lin in planner.LINEARS if lin.endswith("." + t)]
+    hits = sorted({lin for t in targets for lin in named(t)})
     full = [f"{family}.encoder.layer.{i}.{lin}" for i in (layers or [0, 1]) for lin in hits]
     pattern = draw(st.dictionaries(st.sampled_from(targets + full), st.integers(1, 9), max_size=3))
     adapter = {"r": draw(st.integers(1, 9)), "target_modules": targets, "layers": layers, "rank_pattern": pattern,
@@ -154,14 +157,18 @@ def test_every_searched_row_fits_and_is_verified(tiny_bert, budget, ranks, seed)
 
 
 def test_rank_pattern_for_a_separate_ffn_output_rank(roberta_base):
-    """'output.dense' also matches attention.output.dense: that one needs its own, earlier, key."""
+    """'output.dense' names the FFN output alone: its rank must not reach attention.output.dense (peft alone
+    would apply the key to both, as a suffix), and the FFN output can be adapted without the attention output."""
     base = config("roberta-base", {})
     for ranks in [(("attention.output.dense", 4), ("output.dense", 8)),
-                  (("query", 4), ("value", 4), ("attention.output.dense", 4), ("output.dense", 16))]:
+                  (("query", 4), ("value", 4), ("attention.output.dense", 4), ("output.dense", 16)),
+                  (("output.dense", 8),)]:
         cand = planner.Candidate("linear", 32, "none", False, tuple(range(12)), "all 12", ranks)
         cfg = planner.candidate_config(base, roberta_base, 1_000_000, cand)
-        assert next(iter(cfg.adapter.rank_pattern)) == "attention.output.dense"
-        planner.verify(cfg, planner.count_allocation(roberta_base, cand.allocation()), 4)
+        breakdown = planner.verify(cfg, planner.count_allocation(roberta_base, cand.allocation()), 4)
+        for target, r in ranks:
+            width = 768 + (3072 if target == "output.dense" else 768)
+            assert breakdown.groups[f"lora {planner.TARGETS[target][0]}"] == 12 * width * r
 
 
 def test_a_wrong_count_fails_loudly(roberta_base):

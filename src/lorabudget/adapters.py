@@ -9,6 +9,7 @@ LoRA-wrapped instead of trained in full.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -46,12 +47,19 @@ def _matches(module_name: str, target: str) -> bool:
     return module_name == target or module_name.endswith("." + target)
 
 
+def _hits(names: tuple[str, ...] | list[str], target: str) -> list[str]:
+    """Modules a target names: the exact name when one exists ('output.dense' is the FFN output, not also
+    'attention.output.dense'), else every name it is a dotted suffix of ('dense' names all three)."""
+    exact = [n for n in names if n == target]
+    return exact or [n for n in names if _matches(n, target)]
+
+
 def resolve_targets(layout: EncoderLayout, cfg: AdapterConfig) -> list[str]:
     """Full module names to adapt, in layer order; unknown names and out-of-range layers are errors."""
     valid = ", ".join(layout.linear_names)
     per_layer = []
     for target in cfg.target_modules:
-        hits = [n for n in layout.linear_names if _matches(n, target)]
+        hits = _hits(layout.linear_names, target)
         if not hits:
             raise ModelError(f"adapter.target_modules: {target!r} names no linear layer of an encoder layer; "
                              f"valid names: {valid}")
@@ -65,14 +73,31 @@ def resolve_targets(layout: EncoderLayout, cfg: AdapterConfig) -> list[str]:
         raise ModelError(f"adapter.layers lists a layer twice: {layers}")
     if not layers:
         raise ModelError("adapter.layers is empty: name at least one layer")
+    targets = [f"{layout.prefix}.{i}.{n}" for i in sorted(layers) for n in per_layer]
     for key in cfg.rank_pattern:
-        if not any(_matches(f"{layout.prefix}.{i}.{n}", key) for i in layers for n in per_layer):
+        if not _hits(per_layer, key) and not _hits(targets, key):
             raise ModelError(f"adapter.rank_pattern: {key!r} matches no adapted module; adapted: "
                              f"{', '.join(per_layer)}")
-    return [f"{layout.prefix}.{i}.{n}" for i in sorted(layers) for n in per_layer]
+    return targets
 
 
-def lora_config(cfg: AdapterConfig, targets: list[str], head: HeadSpec):
+def exact_rank_pattern(targets: list[str], layout: EncoderLayout, cfg: AdapterConfig) -> dict[str, int]:
+    """rank_pattern keyed by full module names, resolved with the same rule as target_modules. peft would read
+    a key such as 'output.dense' as a suffix pattern and also apply it to 'attention.output.dense'. As in peft,
+    the first key that names a module decides its rank."""
+    def relative(full: str) -> str:  # 'roberta.encoder.layer.3.attention.self.query' -> 'attention.self.query'
+        return full[len(layout.prefix) + 1:].split(".", 1)[1]
+
+    per_layer = sorted({relative(t) for t in targets})
+    resolved: dict[str, int] = {}
+    for key, rank in cfg.rank_pattern.items():
+        names = set(_hits(per_layer, key))
+        for full in [t for t in targets if relative(t) in names] or _hits(targets, key):
+            resolved.setdefault(full, rank)
+    return {re.escape(full): rank for full, rank in resolved.items()}
+
+
+def lora_config(cfg: AdapterConfig, targets: list[str], head: HeadSpec, layout: EncoderLayout):
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -86,8 +111,7 @@ def lora_config(cfg: AdapterConfig, targets: list[str], head: HeadSpec):
         use_rslora=cfg.use_rslora,
         init_lora_weights=_INIT[cfg.init],
         bias=cfg.bias,
-        # peft matches pattern keys as name suffixes, the same rule as target_modules here
-        rank_pattern=dict(cfg.rank_pattern),
+        rank_pattern=exact_rank_pattern(targets, layout, cfg),
     )
 
 
@@ -105,7 +129,7 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, head_type: str, *, meta_o
         if not meta_ok:
             raise ModelError(f"adapter.init={init} needs real weights, not a meta-device model")
         cfg = cfg.model_copy(update={"init": "default"})
-    peft_model = get_peft_model(model, lora_config(cfg, targets, head))
+    peft_model = get_peft_model(model, lora_config(cfg, targets, head, layout))
     if on_meta and init != cfg.init:
         peft_model.peft_config["default"].init_lora_weights = _INIT[init]
     for name, _ in peft_model.named_modules():

@@ -18,6 +18,7 @@ trains drifts from it silently.
 from __future__ import annotations
 
 import itertools
+import re
 import random
 import textwrap
 import warnings
@@ -44,8 +45,8 @@ HEURISTIC = (
 )
 
 # Config target name -> (linear module inside one encoder layer, its input width, its output width) for
-# roberta- and BERT-style layers. A target matches by name suffix (adapters.resolve_targets), so 'output.dense'
-# also matches 'attention.output.dense': the FFN output can only be adapted together with the attention output.
+# roberta- and BERT-style layers. A target names the module of exactly that name (adapters.resolve_targets), so
+# 'output.dense' is the FFN output alone.
 TARGETS: dict[str, tuple[str, str, str]] = {
     "query": ("attention.self.query", "hidden", "hidden"),
     "key": ("attention.self.key", "hidden", "hidden"),
@@ -197,19 +198,18 @@ def count_allocation(shape: ModelShape, alloc: Allocation) -> Counts:
 
 
 def allocation_from_config(cfg: Config, shape: ModelShape) -> Allocation:
-    """What a config adapts, resolved by the same rules the build uses: adapters.resolve_targets for the modules
-    and peft's own first-matching-key rule for rank_pattern."""
-    from peft.utils.other import get_pattern_key
-
-    from .adapters import EncoderLayout, resolve_targets
+    """What a config adapts, resolved by the rules the build itself uses (adapters.resolve_targets for the
+    modules, adapters.exact_rank_pattern for their ranks)."""
+    from .adapters import EncoderLayout, exact_rank_pattern, resolve_targets
 
     a = cfg.adapter
     layout = EncoderLayout(shape.prefix, shape.n_layers, tuple(LINEARS))
+    targets = resolve_targets(layout, a)
+    ranks = exact_rank_pattern(targets, layout, a)
     adapted = []
-    for full in resolve_targets(layout, a):
+    for full in targets:
         layer, linear = full[len(shape.prefix) + 1:].split(".", 1)
-        key = get_pattern_key(list(a.rank_pattern), full)
-        adapted.append((int(layer), linear, a.rank_pattern.get(key, a.r)))
+        adapted.append((int(layer), linear, ranks.get(re.escape(full), a.r)))
     return Allocation(cfg.head.type, cfg.head.rank, a.bias, a.use_dora, tuple(adapted))
 
 
@@ -240,17 +240,10 @@ class Candidate:
 
 
 def rank_fields(ranks: tuple[tuple[str, int], ...]) -> tuple[int, dict[str, int]]:
-    """adapter.r and adapter.rank_pattern for per-type ranks: r is the most common rank, the pattern the rest.
-
-    peft gives a module the rank of the first rank_pattern key that matches it as a suffix, and 'output.dense'
-    also matches attention.output.dense; so when the FFN output has its own rank, attention.output.dense gets a
-    key of its own, earlier in the pattern (TARGETS order puts it first)."""
+    """adapter.r and adapter.rank_pattern for per-type ranks: r is the most common rank, the pattern the rest."""
     freq = Counter(r for _, r in ranks)
     base = max(freq, key=lambda r: (freq[r], r))
-    ranked = dict(ranks)
-    ffn_out_keyed = ranked.get("output.dense", base) != base
-    pattern = {t: r for t, r in ranks if r != base or (t == "attention.output.dense" and ffn_out_keyed)}
-    return base, pattern
+    return base, {t: r for t, r in ranks if r != base}
 
 
 def candidate_config(base: Config, shape: ModelShape, budget: int, cand: Candidate) -> Config:
@@ -317,22 +310,13 @@ class SearchSpace:
         )
         if min(space.ranks) < 1:
             raise ConfigError("--ranks: ranks must be >= 1")
-        if "output.dense" in space.modules and "attention.output.dense" not in space.modules:
-            raise ConfigError("--modules: output.dense (the FFN output) also matches attention.output.dense as a "
-                              "config target, so it can only be adapted with it: add attention.output.dense")
         return space
 
 
 def module_subsets(modules: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Non-empty subsets of the module types that a config can express (see TARGETS on 'output.dense')."""
+    """Non-empty subsets of the module types."""
     ordered = [t for t in TARGETS if t in modules]
-    subsets = []
-    for n in range(1, len(ordered) + 1):
-        for subset in itertools.combinations(ordered, n):
-            if "output.dense" in subset and "attention.output.dense" not in subset:
-                continue
-            subsets.append(subset)
-    return subsets
+    return [subset for n in range(1, len(ordered) + 1) for subset in itertools.combinations(ordered, n)]
 
 
 def layer_sets(shape: ModelShape, custom: tuple[tuple[int, ...], ...]) -> list[tuple[str, tuple[int, ...]]]:
