@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .batching import Tokenized, tokenize
+from .batching import TokenBatches, Tokenized, tokenize
 from .config import Config, load_config
 from .data import LabelSpace
 from .engine import _DTYPES, resolve_precision
@@ -67,7 +67,7 @@ class Classifier:
         return tokenize(list(texts), labels, self.tokenizer, self.config.model.max_length, progress=progress)
 
     def logits(self, data: Tokenized, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
-        rows, logits = predict_logits(self.model, data, pad_id=self.pad_id, batch_size=batch_size,
+        rows, logits = predict_logits(self.model, TokenBatches(data, self.pad_id), batch_size=batch_size,
                                       device=self.device, dtype=self.dtype, progress=progress, desc="predict")
         return ordered(rows, logits, len(data)) if len(data) else np.zeros((0, len(self.class_names)), np.float32)
 

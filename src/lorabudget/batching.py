@@ -124,3 +124,18 @@ def collate(data: Tokenized, index: np.ndarray, pad_id: int, pad_to_multiple_of:
     if data.labels is not None:
         batch["labels"] = torch.from_numpy(data.labels[index])
     return batch
+
+
+class TokenBatches:
+    """Batches of padded token ids for a tokenized split (the model runs from its embeddings)."""
+
+    def __init__(self, data: Tokenized, pad_id: int):
+        self.data, self.pad_id = data, pad_id
+        self.lengths = data.lengths
+        self.labels = data.labels
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+        return collate(self.data, index, self.pad_id)

@@ -201,6 +201,11 @@ class SpeedConfig(_Section):
     bucket_size_batches: int = Field(
         64, gt=0, description="Length-sort within windows of this many batches, so batches stay randomly mixed."
     )
+    cache_frozen_prefix: bool = Field(
+        True,
+        description="When nothing below encoder layer k trains (adapters on the top layers only), compute layers "
+        "0..k-1 once per text (eval mode: their dropout is off) and train on the stored states (fp16 in memory).",
+    )
 
 
 class Config(_Section):

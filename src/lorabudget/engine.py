@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .batching import Tokenized, collate, tokenize, train_batches
+from .batching import TokenBatches, Tokenized, tokenize, train_batches
 from .budget import format_breakdown
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import Config, dump_config
@@ -31,6 +31,7 @@ from .inference import ordered, predict_logits
 from .metrics import classification_scores
 from .models import load_tokenizer
 from .pipeline import AdaptedModel, TrainingData, build_adapted_model, hold_frozen_in, load_training_data
+from .prefix import compute_states, encoder_model, frozen_prefix_length, layers_from
 from .rundir import RunDir, atomic_write_json, atomic_write_text
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -179,6 +180,10 @@ class TrainingRecipe:
         if self.precision == "bf16":
             hold_frozen_in(model, torch.bfloat16)
         model.to(self.device)
+        self.inner = encoder_model(model)
+        self.prefix = frozen_prefix_length(model) if cfg.speed.cache_frozen_prefix else 0
+        self.train_source = TokenBatches(self.train_data, self.pad_id)
+        self.val_source = TokenBatches(self.val_data, self.pad_id)
 
         n_classes = len(self.labels.names)
         self.class_weights = None
@@ -244,6 +249,8 @@ class TrainingRecipe:
                    disable=not (cfg.logging.progress and self.main))
         window_loss, window_n = 0.0, 0
         started = time.perf_counter()
+        if self.prefix:
+            self._cache_prefix()  # inside the timed span: the caching pass is part of training's cost
         batches = self._epoch_batches(st.epoch)
         while st.step < self.total_steps and not st.stopped_early:
             if st.step_in_epoch >= self.steps_per_epoch:  # epoch boundary
@@ -253,13 +260,12 @@ class TrainingRecipe:
             micro = batches[first:first + o.grad_accum]
             step_loss = 0.0
             for i, index in enumerate(micro):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in
-                         collate(self.train_data, index, self.pad_id).items()}
+                batch = self.train_source.batch(index)
                 # DDP averages gradients only on the last micro-batch of an accumulation window
                 sync = acc.no_sync(model) if i < len(micro) - 1 else nullcontext()
                 with sync, self._autocast():
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    loss = F.cross_entropy(logits.float(), batch["labels"], weight=self.class_weights,
+                    logits = self._forward(model, batch, self.device)
+                    loss = F.cross_entropy(logits.float(), batch["labels"].to(self.device), weight=self.class_weights,
                                            label_smoothing=o.label_smoothing)
                     acc.backward(loss / len(micro))
                 step_loss += loss.item() / len(micro)
@@ -292,6 +298,26 @@ class TrainingRecipe:
         bar.close()
         return self._finish()
 
+    def _forward(self, model, batch: dict, device: torch.device) -> torch.Tensor:
+        """Logits for a batch of token ids, or of cached states after the frozen prefix."""
+        mask = batch["attention_mask"].to(device, non_blocking=True)
+        if "inputs_embeds" in batch:
+            with layers_from(self.inner, self.prefix):
+                return model(inputs_embeds=batch["inputs_embeds"].to(device, non_blocking=True),
+                             attention_mask=mask).logits
+        return model(input_ids=batch["input_ids"].to(device, non_blocking=True), attention_mask=mask).logits
+
+    def _cache_prefix(self) -> None:
+        progress = self.cfg.logging.progress and self.main
+        model = self.accelerator.unwrap_model(self.model)
+        kwargs = dict(pad_id=self.pad_id, device=self.device, progress=progress,
+                      autocast=self._autocast if self.autocast_dtype is not None else None)
+        self.train_source = compute_states(model, self.train_data, self.prefix, **kwargs)
+        self.val_source = compute_states(model, self.val_data, self.prefix, **kwargs)
+        if self.main and progress:
+            mb = (self.train_source.nbytes() + self.val_source.nbytes()) / 2**20
+            tqdm.write(f"cached the frozen layers 0-{self.prefix - 1}: {mb:,.0f} MiB of hidden states")
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
@@ -305,9 +331,9 @@ class TrainingRecipe:
 
     def validate(self) -> dict:
         acc = self.accelerator
-        rows, logits = predict_logits(acc.unwrap_model(self.model), self.val_data, pad_id=self.pad_id,
+        rows, logits = predict_logits(acc.unwrap_model(self.model), self.val_source,
                                       batch_size=self.cfg.eval.batch_size, device=self.device,
-                                      dtype=self.autocast_dtype, shard=(self.rank, self.world))
+                                      dtype=self.autocast_dtype, shard=(self.rank, self.world), forward=self._forward)
         if self.world > 1:
             from accelerate.utils import gather_object
 
@@ -376,6 +402,7 @@ class TrainingRecipe:
                 "train_samples_per_s": round(st.samples / max(st.train_seconds, 1e-9), 2),
                 "train_samples": st.samples,
                 "num_processes": self.world,
+                "frozen_prefix_cached_layers": self.prefix,
                 "device": str(self.device), "precision": self.precision,
                 "data": {"source": self.data.dataset.source, "train_rows": len(split.train),
                          "validation_rows": len(split.validation), "validation_hash": split.validation_hash,

@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import Tokenized, collate, eval_batches
+from .batching import eval_batches
+
+
+def forward_logits(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    """The plain forward: token ids in, logits out."""
+    return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
 
 
 def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):
@@ -23,22 +28,22 @@ def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, data: Tokenized, *, pad_id: int, batch_size: int, device: torch.device,
+def predict_logits(model: torch.nn.Module, source, *, batch_size: int, device: torch.device,
                    dtype: Optional[torch.dtype] = None, progress: bool = False, desc: str = "evaluate",
-                   shard: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray]:
-    """(row indices, fp32 logits) for this process's shard of the batches; with one process, every row."""
+                   shard: tuple[int, int] = (0, 1), forward=forward_logits) -> tuple[np.ndarray, np.ndarray]:
+    """(row indices, fp32 logits) for this process's shard of the batches; with one process, every row.
+    `source` has `.lengths` and `.batch(index)` (batching.TokenBatches, prefix.CachedStates)."""
     was_training = model.training
     model.eval()
-    batches = eval_batches(data.lengths, batch_size, max_tokens=batch_size * 128)
+    batches = eval_batches(source.lengths, batch_size, max_tokens=batch_size * 128)
     rank, world = shard
     mine = batches[rank::world]
     rows, outs = [], []
     try:
         for index in tqdm(mine, desc=desc, unit="batch", disable=not progress, leave=False):
-            batch = collate(data, index, pad_id)
+            batch = source.batch(index)
             with autocast_for(device, dtype):
-                logits = model(input_ids=batch["input_ids"].to(device),
-                               attention_mask=batch["attention_mask"].to(device)).logits
+                logits = forward(model, batch, device)
             rows.append(index)
             outs.append(logits.float().cpu().numpy())
     finally:

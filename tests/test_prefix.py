@@ -1,0 +1,70 @@
+"""Frozen-prefix caching computes what the full model computes, and trains to the same result."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_texts, tiny_config, write_config
+
+from lorabudget.adapters import add_adapters
+from lorabudget.batching import TokenBatches, tokenize
+from lorabudget.cli import main
+from lorabudget.config import AdapterConfig
+from lorabudget.inference import forward_logits, ordered, predict_logits
+from lorabudget.models import load_pretrained, load_tokenizer
+from lorabudget.prefix import compute_states, encoder_model, frozen_prefix_length, layers_from
+
+
+@pytest.mark.parametrize("head", ["default", "linear", "pooler"])
+def test_cached_forward_equals_full_forward(tiny_bert, head):
+    torch.manual_seed(0)
+    model = load_pretrained(str(tiny_bert), ["a", "b", "c", "d"])
+    model, _, _ = add_adapters(model, AdapterConfig(r=4, layers=[1], init="gaussian"), head)
+    assert frozen_prefix_length(model) == 1
+    tok = load_tokenizer(str(tiny_bert))
+    data = tokenize([t for t, _ in make_texts(40, seed=3)], None, tok, 32, use_cache=False, progress=False)
+    full = ordered(*predict_logits(model, TokenBatches(data, tok.pad_token_id), batch_size=16,
+                                   device=torch.device("cpu")), len(data))
+    states = compute_states(model, data, 1, pad_id=tok.pad_token_id, device=torch.device("cpu"),
+                            storage=torch.float32)
+    inner = encoder_model(model)
+
+    def cached_forward(m, batch, device):
+        with layers_from(inner, 1):
+            return m(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+
+    cached = ordered(*predict_logits(model, states, batch_size=16, device=torch.device("cpu"),
+                                     forward=cached_forward), len(data))
+    np.testing.assert_allclose(cached, full, atol=1e-5)
+    # and the swap is undone: names, and the full forward, are as before
+    assert len(inner.encoder.layer) == 2
+    again = forward_logits(model.eval(), TokenBatches(data, tok.pad_token_id).batch(np.arange(4)), "cpu")
+    np.testing.assert_allclose(again.detach().numpy(), full[:4], atol=1e-5)
+
+
+def test_no_prefix_when_a_lower_layer_trains(tiny_roberta):
+    model = load_pretrained(str(tiny_roberta), ["a", "b"])
+    bias_all, _, _ = add_adapters(model, AdapterConfig(r=2, layers=[1], bias="all"), "default")
+    assert frozen_prefix_length(bias_all) == 0  # biases of layer 0 and the embeddings train
+    model = load_pretrained(str(tiny_roberta), ["a", "b"])
+    all_layers, _, _ = add_adapters(model, AdapterConfig(r=2), "default")
+    assert frozen_prefix_length(all_layers) == 0
+
+
+def test_training_with_and_without_the_cache_agree(tiny_roberta, easy_csv, tmp_path):
+    results = {}
+    for cache in (True, False):
+        out = tmp_path / f"cache-{cache}"
+        cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"layers": [1], "dropout": 0.0},
+                          speed={"cache_frozen_prefix": cache}, optim={"max_steps": 40}, eval={"every_steps": 20})
+        assert main(["train", "-c", str(write_config(tmp_path / f"{cache}.yaml", cfg))]) == 0
+        results[cache] = json.loads((out / "summary.json").read_text())
+    assert results[True]["frozen_prefix_cached_layers"] == 1
+    assert results[False]["frozen_prefix_cached_layers"] == 0
+    a, b = results[True]["final"], results[False]["final"]
+    # the states are stored in fp16: the runs differ by rounding, not by what they learn
+    assert abs(a["loss"] - b["loss"]) < 0.02, (a, b)
+    assert abs(a["accuracy"] - b["accuracy"]) <= 0.03, (a, b)
