@@ -172,6 +172,43 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .config import load_config
+    from .sweep import Space, run_sweep
+
+    base = load_config(args.config, _collect_overrides(args))
+    space = Space.load(args.space)
+    out = args.out or str(Path("runs") / f"sweep-{args.study or Path(args.space).stem}")
+    try:
+        result = run_sweep(base, space, out, args.trials, storage=args.storage, study_name=args.study,
+                           sampler=args.sampler, pruner=args.pruner, sampler_seed=args.sampler_seed,
+                           heartbeat=args.heartbeat, enqueue=tuple(args.enqueue), space_path=args.space)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the trial in progress is retried when the same command runs again",
+              file=sys.stderr)
+        return 130
+    print(f"\ndone      {result.done} trials complete or pruned; {result.skipped} candidates skipped (over "
+          f"budget or invalid), {result.failed} failed")
+    if result.best:
+        b = result.best
+        print(f"best      trial {b['number']}: {base.eval.metric} {b['value']:.4f}, "
+              f"{b['trainable_params']:,} trainable, {b['run_dir']}")
+    print(f"report    lorabudget report {result.out} --out {Path(result.out) / 'report'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    try:
+        md, html = write_report(args.inputs, args.out, study_name=args.study)
+    except KeyboardInterrupt:
+        print("\ninterrupted; no report file was half-written", file=sys.stderr)
+        return 130
+    print(f"wrote     {md}\nwrote     {html}  (self-contained, opens offline)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -253,6 +290,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pick", type=int, default=1, help="the row --write writes (default 1)")
     p.add_argument("--plot", metavar="PATH.png", help="stacked bars of the rows' budget split")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser(
+        "sweep", help="search hyperparameters with Optuna: every candidate within the budget, resumable",
+        description="Run or continue an Optuna study over a search space (YAML, see configs/space-*.yaml) on "
+        "top of a base config. Each candidate is counted exactly before it may train: one over the budget "
+        "is skipped (a FAIL trial marked 'skipped' that never trains and does not count). Each trial trains "
+        "into OUT/trials/trial-NNNN/; poor trials are pruned on their validation score. Run the same command "
+        "again to continue a killed or interrupted sweep; run it on several machines with one --storage to "
+        "share a study.")
+    _config_args(p)
+    p.add_argument("--space", required=True, help="search space YAML (see configs/space-*.yaml)")
+    p.add_argument("--trials", type=int, required=True,
+                   help="the study's total of complete + pruned trials, all workers and reruns together")
+    p.add_argument("--out", help="the study's folder (default runs/sweep-<study>)")
+    p.add_argument("--study", help="study name (default: the --out folder's name)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study database (default sqlite:///OUT/study.db); "
+                   "e.g. postgresql+psycopg://user@host/db for workers on several machines (pip install "
+                   "lorabudget[postgres])")
+    p.add_argument("--sampler", choices=["tpe", "grid", "random"], default="tpe",
+                   help="TPE (default), the full grid of the space's choices, or random")
+    p.add_argument("--pruner", choices=["median", "none"], default="median",
+                   help="stop a trial whose validation score is below the median of earlier trials at the "
+                   "same step (default), or never")
+    p.add_argument("--sampler-seed", type=int, help="seed of the sampler (leave unset with several workers)")
+    p.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
+                   help="a trial whose worker is silent for twice this long is marked FAIL and retried once")
+    p.add_argument("--enqueue", action="append", default=[], metavar="CONFIG.yaml",
+                   help="try this config first (e.g. one written by `lorabudget plan --write`); repeatable")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "report", help="Markdown + self-contained HTML report of runs or a study",
+        description="Leaderboard, accuracy curves grouped by the hyperparameter that varies, accuracy "
+        "against trainable parameters, the best run's confusion matrix and per-class scores, and for a study "
+        "the parameter importances and a parallel-coordinate plot. Runs that differ only by seed are grouped "
+        "(mean and standard deviation); unfinished and failed runs are listed as left out.")
+    p.add_argument("inputs", nargs="+", metavar="RUNS_OR_STUDY",
+                   help="run directories, folders holding them, sweep folders, or a study's storage URL")
+    p.add_argument("--out", required=True, help="folder for report.md, report.html and figures/")
+    p.add_argument("--study", help="study name, when an input is a storage URL holding several studies")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -1,0 +1,87 @@
+"""`lorabudget report`: a leaderboard sorted by validation accuracy, seed repeats as mean ± std, every
+figure a PNG embedded in one self-contained HTML file, unfinished runs left out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import statistics
+
+import pytest
+from conftest import tiny_config, write_config
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """The tiny model gains nothing from a second thread, and on a shared 2-core machine two OpenMP threads
+    spin against other work (a 30-step run took 9 s instead of 0.4 s): one thread here and in subprocesses."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(tiny_roberta, easy_csv, tmp_path, name, **sections):
+    from lorabudget.cli import main
+
+    sections["optim"] = {"max_steps": 12, "epochs": 1, **sections.get("optim", {})}
+    cfg = tiny_config(tiny_roberta, easy_csv, tmp_path / "runs" / name, eval={"every_steps": 4}, **sections)
+    assert main(["train", "-c", str(write_config(tmp_path / f"{name}.yaml", cfg))]) == 0
+    return tmp_path / "runs" / name
+
+
+def _best(run) -> float:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return max(r["val_accuracy"] for r in records if "val_accuracy" in r)
+
+
+def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
+    from lorabudget.cli import main
+
+    a = _train(tiny_roberta, easy_csv, tmp_path, "a", seed=0)
+    b = _train(tiny_roberta, easy_csv, tmp_path, "b", seed=1)  # a and b differ only by seed: one row
+    _train(tiny_roberta, easy_csv, tmp_path, "c", adapter={"r": 2})
+    _train(tiny_roberta, easy_csv, tmp_path, "d", optim={"lr": 3e-3})
+    # a run killed before it finished: listed as left out, not reported
+    killed = tmp_path / "runs" / "e"
+    killed.mkdir()
+    (killed / "config.yaml").write_text((a / "config.yaml").read_text())
+    (killed / "status.json").write_text(json.dumps({"state": "running"}))
+
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+
+    # every picture is embedded as a PNG data URI: nothing outside the file is referenced
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 4  # curves by adapter.r and by optim.lr, accuracy vs parameters, confusion matrix
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1], validate=True).startswith(PNG)
+    assert "href=" not in page and "http" not in " ".join(sources)
+    assert md.count("](figures/") == 3 and "](best-run/confusion_matrix.png)" in md
+
+    # the leaderboard: one row per config, best mean validation accuracy first
+    board = md.split("## Leaderboard")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in board.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert len(rows) == 3
+    accuracies = [float(r[4].split()[0]) for r in rows]
+    assert accuracies == sorted(accuracies, reverse=True)
+    # the seed group: mean ± sample standard deviation of its runs' best validation accuracies
+    group = next(r for r in rows if r[1].startswith("a, b"))
+    assert "(seeds 0, 1)" in group[1]
+    scores = [_best(a), _best(b)]
+    assert group[4] == f"{statistics.fmean(scores):.4f} ± {statistics.stdev(scores):.4f} (n=2)"
+    assert "r=2" in md and "lr=0.003" in md  # the config column names what varies
+
+    left_out = md.split("## Left out")[1].split("\n## ")[0]
+    assert str(killed) in left_out and "not finished" in left_out
+    assert "e" not in [r[1] for r in rows]
+    assert "## Best run:" in md and "| class | precision | recall | F1 | support |" in md

@@ -1,0 +1,197 @@
+"""`lorabudget sweep`: a killed sweep resumes to exactly N trials, over-budget candidates never train,
+pruning stops a trial through the engine's hook, the grid stops when it is exhausted, the space file is
+checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config, write_config
+
+# The CLI with every optimizer step slowed down, so that the test can kill the sweep in the middle of a trial.
+SLOW_CLI = """
+import sys, time, torch
+step = torch.optim.AdamW.step
+def slow_step(self, *a, **k):
+    time.sleep(0.05)
+    return step(self, *a, **k)
+torch.optim.AdamW.step = slow_step
+from lorabudget.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """The tiny model gains nothing from a second thread, and on a shared 2-core machine two OpenMP threads
+    spin against other work (a 30-step run took 9 s instead of 0.4 s): one thread here and in subprocesses."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(threads)
+
+
+BUDGET = 4000  # tiny roberta: head 1,188 + LoRA q,v on 2 layers 256 x r: r=2, 4 fit; r=64 (17,572) does not
+SPACE = {"params": {
+    "adapter.r": {"type": "categorical", "choices": [2, 4, 64]},
+    "adapter.alpha": {"type": "categorical", "choices": [1, 2], "per": "adapter.r"},
+    "optim.lr": {"type": "loguniform", "low": 3e-3, "high": 3e-2},
+}}
+
+
+def _base(tiny_roberta, easy_csv, tmp_path, max_steps=40, every=10):
+    cfg = tiny_config(tiny_roberta, easy_csv, tmp_path / "unused", budget=BUDGET, eval={"every_steps": every},
+                      optim={"max_steps": max_steps, "epochs": 1})
+    return write_config(tmp_path / "base.yaml", cfg)
+
+
+def _study(out: Path):
+    import optuna
+
+    return optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+
+
+def _unfinished_trial_with_checkpoint(out: Path):
+    for run in sorted((out / "trials").glob("trial-*")) if (out / "trials").is_dir() else []:
+        state = run / "checkpoints" / "last" / "state.json"
+        if state.is_file() and not (run / "summary.json").exists():
+            try:
+                if json.loads(state.read_text())["step"] >= 10:
+                    return run
+            except (ValueError, KeyError):  # being written
+                continue
+    return None
+
+
+def test_killed_sweep_resumes_to_exactly_n_trials(tiny_roberta, easy_csv, tmp_path):
+    from optuna.trial import TrialState
+
+    from lorabudget.cli import main
+    from lorabudget.report import write_report
+
+    base = _base(tiny_roberta, easy_csv, tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    over = tmp_path / "over.yaml"  # enqueued first, so that an over-budget candidate certainly comes up
+    over.write_text(yaml.safe_dump({"adapter": {"r": 64, "alpha": 64}}))
+    out = tmp_path / "sweep"
+    args = ["sweep", "-c", str(base), "--space", str(space), "--trials", "3", "--out", str(out),
+            "--enqueue", str(over), "--heartbeat", "1", "--sampler-seed", "0"]
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline, killed = time.time() + 180, None
+    while time.time() < deadline and killed is None:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        killed = _unfinished_trial_with_checkpoint(out)
+        time.sleep(0.05)
+    assert killed is not None, "no trial reached a checkpoint in time"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert json.loads((killed / "status.json").read_text())["state"] == "running"
+
+    # the same command again: the dead worker's trial is found stale, marked FAIL, and retried once
+    assert main(args) == 0
+
+    study = _study(out)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == 3
+    for t in done:
+        assert t.user_attrs["trainable_params"] <= BUDGET
+        if t.state == TrialState.COMPLETE:
+            run = Path(t.user_attrs["run_dir"])
+            assert json.loads((run / "status.json").read_text())["state"] == "finished"
+            assert json.loads((run / "summary.json").read_text())["trainable_params"] == t.user_attrs[
+                "trainable_params"]
+
+    killed_trial = next(t for t in trials if t.user_attrs.get("run_dir") == str(killed.resolve()))
+    assert killed_trial.state == TrialState.FAIL and "skipped" not in killed_trial.user_attrs
+    assert json.loads((killed / "status.json").read_text())["state"] == "failed"
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed_trial.number]
+    assert len(retries) == 1 and retries[0].params == killed_trial.params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+    # over budget: marked, counted exactly, never trained (no run dir, no run of that size anywhere)
+    skipped = [t for t in trials if t.user_attrs.get("skipped") == "over budget"]
+    assert skipped and skipped[0].params["adapter.r"] == 64
+    for t in skipped:
+        assert t.state == TrialState.FAIL and t.user_attrs["trainable_params"] > BUDGET
+        assert "run_dir" not in t.user_attrs and not (out / "trials" / f"trial-{t.number:04d}").exists()
+    for summary in (out / "trials").glob("*/summary.json"):
+        assert json.loads(summary.read_text())["trainable_params"] <= BUDGET
+
+    # the report leaves the killed trial's run out and says why
+    md, _ = write_report([str(out)], tmp_path / "report", progress=False)
+    text = md.read_text()
+    board = text.split("## Left out")[0]
+    assert killed.name not in board
+    assert f"trial {killed_trial.number} ({killed.name})" in text
+    assert f"retried as trial {retries[0].number}" in text
+    assert "never trained: over budget" in text
+    for t in done:
+        assert Path(t.user_attrs["run_dir"]).name in board
+
+
+def test_pruned_trials_and_exhausted_grid(tiny_roberta, easy_csv, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from lorabudget.config import load_config
+    from lorabudget.sweep import Space, run_sweep
+
+    base = load_config(_base(tiny_roberta, easy_csv, tmp_path, max_steps=20, every=5))
+    space = Space.parse({"params": {"adapter.r": {"type": "categorical", "choices": [2, 4, 64]}}})
+    # prunes every trial at its first evaluation (accuracy below 0.99): the run stops and finishes, PRUNED
+    result = run_sweep(base, space, tmp_path / "grid", trials=5, sampler="grid", progress=False,
+                       pruner=optuna.pruners.ThresholdPruner(lower=0.99), log=lambda s: None)
+    trials = optuna.load_study(study_name="grid", storage=result.storage).get_trials(deepcopy=False)
+    assert sorted(t.params["adapter.r"] for t in trials) == [2, 4, 64]  # each grid point once, then it stops
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert sorted(t.params["adapter.r"] for t in pruned) == [2, 4] and result.done == 2
+    for t in pruned:
+        summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert summary["stopped_by"] == "callback" and summary["steps"] == 5 == t.user_attrs["pruned_at_step"]
+    assert [t.user_attrs["skipped"] for t in trials if t.state == TrialState.FAIL] == ["over budget"]
+
+
+def test_space_file_is_checked():
+    from lorabudget.errors import ConfigError
+    from lorabudget.sweep import Space
+
+    with pytest.raises(ConfigError, match="adapter.rank: not a config field"):
+        Space.parse({"params": {"adapter.rank": {"choices": [4]}}})
+    with pytest.raises(ConfigError, match="sampled after it"):
+        Space.parse({"params": {"adapter.alpha": {"choices": [1, 2], "per": "adapter.r"},
+                                "adapter.r": {"choices": [4, 8]}}})
+    with pytest.raises(ConfigError, match="low > 0"):
+        Space.parse({"params": {"optim.lr": {"type": "loguniform", "low": 0, "high": 1}}})
+    with pytest.raises(ConfigError, match="grid needs a finite set"):
+        Space.parse({"params": {"optim.lr": {"type": "float", "low": 0.1, "high": 1}}}).grid()
+
+    space = Space.parse({"params": {
+        "adapter.r": {"choices": [4, 8]},
+        "adapter.alpha": {"choices": [1, 2], "per": "adapter.r"},
+        "adapter.target_modules": {"choices": [["query", "value"], ["value"]]},
+        "head.type": {"choices": ["default", "lowrank"]},
+        "head.rank": {"type": "int", "low": 8, "high": 32, "step": 8, "when": {"head.type": "lowrank"}},
+    }})
+    assert space.grid()["head.rank"] == [8, 16, 24, 32]
+    # a config (a `plan --write` candidate, say) maps back to the space's parameters, lists and ratios too
+    raw = {"adapter": {"r": 8, "alpha": 16, "target_modules": ["value"]},
+           "head": {"type": "default", "rank": 32}}
+    assert space.params_of(raw) == {"adapter.r": 8, "adapter.alpha/adapter.r": 2,
+                                    "adapter.target_modules": "[value]", "head.type": "default"}
+    with pytest.raises(ConfigError, match="not among the space's choices"):
+        space.params_of({**raw, "adapter": {"r": 16, "alpha": 16, "target_modules": ["value"]}})
