@@ -116,8 +116,31 @@ def test_linear_head_cannot_become_a_stock_model(tiny_roberta, easy_csv, tmp_pat
     assert main(["train", "-c", str(cfg)]) == 0
     assert main(["export", str(out), "--merged", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
-    assert "linear" in err and "--adapter" in err
+    assert "linear" in err and "--adapter" in err and "--custom-code" in err
     assert not (tmp_path / "m").exists()
     # its own loader still works, and reloads the trained head
     texts = [t for t, _ in make_texts(6, seed=1)]
     assert len(lorabudget.load(out).predict(texts)) == 6
+
+
+@pytest.mark.parametrize("family,head", [("roberta", "linear"), ("roberta", "lowrank"), ("bert", "linear"),
+                                         ("bert", "lowrank")])
+def test_custom_code_export_predicts_what_the_run_predicts(family, head, tiny_roberta, tiny_bert, easy_csv,
+                                                            tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path / "run"
+    model_dir = tiny_roberta if family == "roberta" else tiny_bert
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(model_dir, easy_csv, out, head={"type": head, "rank": 6},
+                                                          optim={"max_steps": 12}))
+    assert main(["train", "-c", str(cfg)]) == 0
+    merged = tmp_path / "merged"
+    assert main(["export", str(out), "--merged", str(merged), "--custom-code"]) == 0
+    assert (merged / "modeling_lorabudget.py").is_file()
+    model = AutoModelForSequenceClassification.from_pretrained(merged, trust_remote_code=True).eval()
+    assert type(model).__name__.startswith("Lorabudget")
+    tok = AutoTokenizer.from_pretrained(merged)
+    texts = [t for t, _ in make_texts(24, seed=8)]
+    with torch.no_grad():
+        probs = torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+    np.testing.assert_allclose(probs, lorabudget.load(out).predict_proba(texts), atol=1e-5)

@@ -74,6 +74,8 @@ def cmd_train(args) -> int:
             print(f"model     {cfg.model.name}, head {cfg.head.type}, precision {recipe.precision}, "
                   f"{recipe.world} process(es) on {recipe.device}")
             print(recipe.describe())
+            if recipe.prefix:
+                print(f"speed     layers 0-{recipe.prefix - 1} train nothing: computed once and cached")
             print(f"schedule  {recipe.total_steps} steps ({recipe.steps_per_epoch}/epoch), evaluate every "
                   f"{recipe.eval_every}" + (f"; resuming at step {recipe.state.step}" if resume else ""))
 
@@ -137,8 +139,10 @@ def cmd_export(args) -> int:
     if args.adapter:
         print(f"wrote adapter       {export_adapter(args.run, args.adapter)}  (PeftModel.from_pretrained)")
     if args.merged:
-        print(f"wrote merged model  {export_merged(args.run, args.merged)}  "
-              "(AutoModelForSequenceClassification.from_pretrained)")
+        where = export_merged(args.run, args.merged, custom_code=args.custom_code)
+        remote = (where / "modeling_lorabudget.py").exists()
+        print(f"wrote merged model  {where}  (AutoModelForSequenceClassification.from_pretrained"
+              + (", trust_remote_code=True: loading runs its modeling file)" if remote else ")"))
     return 0
 
 
@@ -251,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="finished run directory")
     p.add_argument("--merged", metavar="DIR", help="write a merged model (adapters folded in, head, tokenizer)")
     p.add_argument("--adapter", metavar="DIR", help="write the PEFT adapter (head included)")
+    p.add_argument("--custom-code", action="store_true",
+                   help="for heads the stock model classes cannot express (linear, lowrank): write the model with "
+                        "its own modeling file, loaded with trust_remote_code=True")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="print the resolved config, or every field with its help (--fields)")

@@ -95,6 +95,35 @@ class FirstToken(nn.Module):
         return hidden_states[:, 0]
 
 
+CUSTOM_HEADS = ("linear", "lowrank")  # heads the stock transformers classes cannot express
+
+
+def install_custom_head(model, family: str, head_type: str, rank: int) -> None:
+    """Put a 'linear' or 'lowrank' head on a roberta- or BERT-style sequence-classification model.
+
+    Needs nothing but torch and the head classes above: exported models carry this function's own source in
+    their modeling file, so that the head they rebuild at load is the one that trained.
+    """
+    config = model.config
+    dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
+    std = getattr(config, "initializer_range", 0.02)
+    device = next(model.classifier.parameters()).device
+    with torch.device(device):
+        if family == "roberta" and head_type == "linear":
+            model.classifier = FirstTokenLinear(config.hidden_size, config.num_labels, dropout, std)
+        elif family == "roberta" and head_type == "lowrank":
+            model.classifier = FirstTokenLowRank(config.hidden_size, rank, config.num_labels, dropout, std)
+        elif family == "bert" and head_type == "linear":
+            # BERT's classifier is already one linear layer on the pooled output; dropping the pooler's dense +
+            # tanh leaves exactly a linear layer on [CLS].
+            model.base_model.pooler = FirstToken()
+        elif family == "bert" and head_type == "lowrank":
+            # The pooler's place: first token -> rank-k dense -> tanh; BERT's own classifier stays behind it.
+            model.base_model.pooler = LowRankPooler(config.hidden_size, rank)
+        else:
+            raise ValueError(f"no {head_type!r} head for the {family!r} family")
+
+
 def model_family(config) -> str:
     if config.model_type in ROBERTA_LIKE:
         return "roberta"
@@ -131,35 +160,12 @@ def apply_head(model, head: HeadConfig | str) -> HeadSpec:
             raise ModelError(f"head.type=pooler needs a BERT-style model with a pooler; {config.model_type!r} has "
                              "none (roberta's 'default' head already holds the dense layer that plays its part)")
         return HeadSpec("pooler", head + ("pooler",), stock_loadable=True)
-    if head_type == "linear":
-        dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
-        std = getattr(config, "initializer_range", 0.02)
-        if family == "roberta":
-            device = next(model.classifier.parameters()).device
-            with torch.device(device):
-                model.classifier = FirstTokenLinear(config.hidden_size, config.num_labels, dropout, std)
-            return HeadSpec("linear", head, stock_loadable=False)
-        if family == "bert":
-            # BERT's classifier is already one linear layer on the pooled output; dropping the pooler's dense +
-            # tanh leaves exactly a linear layer on [CLS].
-            model.base_model.pooler = FirstToken()
-            return HeadSpec("linear", head, stock_loadable=False)
-        raise ModelError(f"head.type=linear is available for roberta- and BERT-style models, not "
-                         f"{config.model_type!r}; use head.type=default")
-    if head_type == "lowrank":
-        dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
-        std = getattr(config, "initializer_range", 0.02)
-        device = next(getattr(model, head[0]).parameters()).device
-        if family == "roberta":
-            with torch.device(device):
-                model.classifier = FirstTokenLowRank(config.hidden_size, rank, config.num_labels, dropout, std)
-            return HeadSpec("lowrank", head, stock_loadable=False)
-        if family == "bert":
-            # The pooler's place: first token -> rank-k dense -> tanh; BERT's own classifier (dropout + output
-            # layer) stays behind it. Both train, so both are saved.
-            with torch.device(device):
-                model.base_model.pooler = LowRankPooler(config.hidden_size, rank)
-            return HeadSpec("lowrank", head + ("pooler",), stock_loadable=False)
-        raise ModelError(f"head.type=lowrank is available for roberta- and BERT-style models, not "
-                         f"{config.model_type!r}; use head.type=default")
+    if head_type in CUSTOM_HEADS:
+        if family not in ("roberta", "bert"):
+            raise ModelError(f"head.type={head_type} is available for roberta- and BERT-style models, not "
+                             f"{config.model_type!r}; use head.type=default")
+        install_custom_head(model, family, head_type, rank)
+        # BERT's lowrank head takes the pooler's place in front of BERT's own classifier: both train.
+        saved = head + ("pooler",) if (family, head_type) == ("bert", "lowrank") else head
+        return HeadSpec(head_type, saved, stock_loadable=False)
     raise ModelError(f"unknown head type {head_type!r}; choose one of {', '.join(HEAD_TYPES)}")

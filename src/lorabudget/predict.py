@@ -63,15 +63,57 @@ def export_adapter(run_dir: str, out: str) -> Path:
     return target
 
 
-def export_merged(run_dir: str, out: str) -> Path:
-    """A plain transformers model: adapters merged into the weights, head and tokenizer included."""
+_MODELING_HEADER = '''"""A {family} classifier with lorabudget's {head!r} head, which the stock transformers classes cannot
+express. Written by `lorabudget export --merged --custom-code`. Loading this model runs this file:
+
+    AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
+"""
+
+import torch
+from torch import nn
+from transformers import {base}
+
+
+'''
+
+_MODELING_CLASS = '''
+
+
+class {name}({base}):
+    def __init__(self, config):
+        super().__init__(config)
+        head = config.lorabudget_head
+        install_custom_head(self, head["family"], head["type"], head["rank"])
+'''
+
+
+def _modeling_source(family: str, head: str, base: str, name: str) -> str:
+    """The head classes and their installer, copied from lorabudget.heads: one definition, not a second copy."""
+    import inspect
+
+    from . import heads
+
+    parts = [inspect.getsource(obj) for obj in (heads.FirstTokenLinear, heads.LowRankDense,
+                                                heads.FirstTokenLowRank, heads.LowRankPooler, heads.FirstToken,
+                                                heads.install_custom_head)]
+    return (_MODELING_HEADER.format(family=family, head=head, base=base) + "\n\n".join(parts)
+            + _MODELING_CLASS.format(name=name, base=base))
+
+
+def export_merged(run_dir: str, out: str, *, custom_code: bool = False) -> Path:
+    """A plain transformers model: adapters merged into the weights, head and tokenizer included. A head the
+    stock classes cannot express needs `custom_code`: the model then carries its own modeling file."""
+    from .heads import CUSTOM_HEADS, model_family
+
     run = open_finished(run_dir)
     clf = Classifier(run, device="cpu", precision="fp32")
-    if clf.config.head.type not in ("default", "pooler"):
+    head = clf.config.head
+    if head.type in CUSTOM_HEADS and not custom_code:
         raise RunDirError(
-            f"head.type={clf.config.head.type!r} has no counterpart in {type(clf.model).__name__}, so the run "
-            "cannot become a plain transformers model. Export the adapter instead (--adapter DIR) and load it "
-            "with lorabudget.load(RUN), or train with head.type=default")
+            f"head.type={head.type!r} has no counterpart in {type(clf.model).__name__}, so the run cannot become "
+            "a plain transformers model. Either export the adapter (--adapter DIR) and load it with "
+            "lorabudget.load(RUN), or add --custom-code for a model that carries its own modeling code (it then "
+            "loads only with trust_remote_code=True, which runs that code)")
     target = Path(out)
     tmp = target.with_name(target.name + ".tmp")
     if tmp.exists():
@@ -79,7 +121,17 @@ def export_merged(run_dir: str, out: str) -> Path:
     model = clf.model.to(torch.float32)
     model.config.id2label = dict(enumerate(clf.class_names))
     model.config.label2id = {n: i for i, n in enumerate(clf.class_names)}
+    custom = head.type in CUSTOM_HEADS
+    if custom:
+        base = type(model).__name__
+        name = f"Lorabudget{base}"
+        model.config.lorabudget_head = {"family": model_family(model.config), "type": head.type, "rank": head.rank}
+        model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_lorabudget.{name}"}
+        model.config.architectures = [name]
     model.save_pretrained(str(tmp), safe_serialization=True)
+    if custom:
+        source = _modeling_source(model.config.lorabudget_head["family"], head.type, base, name)
+        (tmp / "modeling_lorabudget.py").write_text(source)
     clf.tokenizer.save_pretrained(str(tmp))
     replace_dir(tmp, target)
     return target
