@@ -131,8 +131,7 @@ def _peft_model(path: str, s: dict, dtype=None):
 def run_trainer(s: dict, path: str, variant: str, workdir: Path) -> dict:
     import datasets
     import torch
-    from transformers import (AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback,
-                              TrainingArguments)
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
     bf16 = variant == "trainer-best" and cpu_has_native_bf16()
     texts, labels = load_texts(s["steps"] * s["batch_size"] + s["eval_rows"])
@@ -244,8 +243,8 @@ def main() -> int:
         print(json.dumps(measure_one(json.loads(args.one))))
         return 0
 
-    from transformers import AutoConfig
     from tqdm.auto import tqdm
+    from transformers import AutoConfig
 
     peak = matmul_peak()
     results = {"machine": {"cpus": os.cpu_count(), "matmul_gflops": {k: v / 1e9 for k, v in peak.items()},

@@ -8,23 +8,10 @@ import json
 import re
 import statistics
 
-import pytest
 from conftest import tiny_config, write_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """The tiny model gains nothing from a second thread, and on a shared 2-core machine two OpenMP threads
-    spin against other work (a 30-step run took 9 s instead of 0.4 s): one thread here and in subprocesses."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
 
 
 def _train(tiny_roberta, easy_csv, tmp_path, name, **sections):

@@ -42,18 +42,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """The tiny model gains nothing from a second thread, and on a shared 2-core machine two OpenMP threads
-    spin against other work (a 30-step run took 9 s instead of 0.4 s): one thread here and in subprocesses."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    yield
-    torch.set_num_threads(threads)
-
 
 def _pg_bin(name: str) -> str:
     installed = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)  # newest version first

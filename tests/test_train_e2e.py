@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import CLASSES, make_texts, tiny_config, write_config, write_csv
+from conftest import make_texts, tiny_config, write_config, write_csv
 
 from lorabudget.cli import main
 
@@ -25,7 +25,8 @@ def trained_run(tiny_roberta, easy_csv, tmp_path_factory):
 def test_run_dir_contract(trained_run):
     for name in ["config.yaml", "labels.json", "metrics.jsonl", "summary.json", "status.json",
                  "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "plots/loss.png",
-                 "plots/accuracy.png", "checkpoints/last/trainable.safetensors", "checkpoints/best/trainable.safetensors"]:
+                 "plots/accuracy.png", "checkpoints/last/trainable.safetensors",
+                 "checkpoints/best/trainable.safetensors"]:
         assert (trained_run / name).is_file(), name
     status = json.loads((trained_run / "status.json").read_text())
     assert status["state"] == "finished"

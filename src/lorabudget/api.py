@@ -9,8 +9,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ def load_peft_model(cfg: Config, labels: LabelSpace, adapter_dir: Path):
 class Classifier:
     """A finished run, loaded for inference with its adapters merged into the weights."""
 
-    def __init__(self, run: RunDir, device: Optional[str] = None, precision: Optional[str] = None):
+    def __init__(self, run: RunDir, device: str | None = None, precision: str | None = None):
         self.run = run
         self.config: Config = load_config(run.config)
         self.labels = LabelSpace.from_json(json.loads(run.labels.read_text()))
@@ -62,7 +62,7 @@ class Classifier:
     def class_names(self) -> list[str]:
         return list(self.labels.names)
 
-    def tokenize(self, texts: Sequence[str], labels: Optional[Sequence[int]] = None, *,
+    def tokenize(self, texts: Sequence[str], labels: Sequence[int] | None = None, *,
                  progress: bool = False) -> Tokenized:
         return tokenize(list(texts), labels, self.tokenizer, self.config.model.max_length, progress=progress)
 
@@ -80,6 +80,6 @@ class Classifier:
         return [self.class_names[i] for i in ids]
 
 
-def load(run_dir: str | Path, *, device: Optional[str] = None, precision: Optional[str] = None) -> Classifier:
+def load(run_dir: str | Path, *, device: str | None = None, precision: str | None = None) -> Classifier:
     """Load a finished run for inference."""
     return Classifier(open_finished(run_dir), device=device, precision=precision)

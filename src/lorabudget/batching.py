@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 @dataclass
 class Tokenized:
     ids: list[np.ndarray]  # one int32 array per text, truncated to max_length, special tokens included
-    labels: Optional[np.ndarray]
+    labels: np.ndarray | None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -51,7 +51,7 @@ def _key(tokenizer, texts: Sequence[str], max_length: int) -> str:
     return h.hexdigest()[:32]
 
 
-def tokenize(texts: Sequence[str], labels: Optional[Sequence[int]], tokenizer, max_length: int, *,
+def tokenize(texts: Sequence[str], labels: Sequence[int] | None, tokenizer, max_length: int, *,
              use_cache: bool = True, progress: bool = True, desc: str = "tokenize") -> Tokenized:
     """Token ids for each text; cached under LORABUDGET_CACHE keyed by tokenizer, max_length and the texts."""
     label_arr = None if labels is None else np.asarray(labels, dtype=np.int64)
@@ -97,7 +97,7 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, *
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: Optional[int] = None) -> list[np.ndarray]:
+def eval_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
     """Batches for inference, longest first (a memory problem shows at once); callers restore row order."""
     order = np.argsort(-lengths, kind="stable")
     if max_tokens is None:

@@ -7,7 +7,7 @@ for the YAML files in `configs/`; `lorabudget config --help-fields` prints it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -51,19 +51,19 @@ class DataConfig(_Section):
         "auto", description="How to read `source`; 'auto' decides from the path and the file's first row."
     )
     text_column: str = Field("text", description="Column holding the text (csv / tsv / jsonl / parquet / hub).")
-    title_column: Optional[str] = Field(
+    title_column: str | None = Field(
         None, description="Optional column joined before the text with a space (AG News' title)."
     )
     label_column: str = Field("label", description="Column holding the label: a class name or a class id.")
-    id_column: Optional[str] = Field(
+    id_column: str | None = Field(
         "ID", description="Column holding a row id, used in predictions; the row index when the column is absent."
     )
-    label_names: Optional[list[str]] = Field(
+    label_names: list[str] | None = Field(
         None,
         description="Class names in id order. Default: classes.txt beside the data, the Hub dataset's ClassLabel "
         "names, or the sorted distinct labels of the training data.",
     )
-    validation_size: Union[int, float] = Field(
+    validation_size: int | float = Field(
         0.1,
         description="Held-out validation split, stratified: a fraction in (0, 1) or a row count (an integer >= 1).",
     )
@@ -71,16 +71,17 @@ class DataConfig(_Section):
         0, description="Seed of the validation split, separate from the training seed so that runs with different "
         "seeds are scored on the same rows."
     )
-    max_train_samples: Optional[int] = Field(
+    max_train_samples: int | None = Field(
         None, ge=1, description="Use at most this many training rows (stratified sample), for quick runs."
     )
     allow_pickle: bool = Field(
-        False, description="Allow reading pickled datasets. Unpickling runs code from the file: only for files you trust."
+        False,
+        description="Allow reading pickled datasets. Unpickling runs code from the file: only for files you trust.",
     )
 
     @field_validator("validation_size")
     @classmethod
-    def _validation_size(cls, v: Union[int, float]) -> Union[int, float]:
+    def _validation_size(cls, v: int | float) -> int | float:
         if isinstance(v, float) and not v.is_integer() and not (0.0 < v < 1.0):
             raise ValueError("a fraction must lie strictly between 0 and 1")
         if isinstance(v, float) and v.is_integer():
@@ -103,7 +104,7 @@ class AdapterConfig(_Section):
         description="Linear layers inside each encoder layer to adapt: 'query', 'key', 'value', "
         "'attention.output.dense', 'intermediate.dense', 'output.dense' (suffixes of module names).",
     )
-    layers: Optional[list[int]] = Field(
+    layers: list[int] | None = Field(
         None, description="Encoder layer indices to adapt (0-based); None adapts every layer. Checked against the "
         "model's layer count."
     )
@@ -162,12 +163,12 @@ class OptimConfig(_Section):
         "linear", description="Learning-rate decay after warmup (to 0 for cosine and linear)."
     )
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Warmup as a fraction of all optimizer steps.")
-    warmup_steps: Optional[int] = Field(None, ge=0, description="Warmup in optimizer steps; overrides warmup_ratio.")
+    warmup_steps: int | None = Field(None, ge=0, description="Warmup in optimizer steps; overrides warmup_ratio.")
     epochs: float = Field(3.0, gt=0, description="Passes over the training split (fractions allowed).")
-    max_steps: Optional[int] = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch on each process.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
-    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null disables.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="'balanced' weights the loss by inverse class frequency, for unbalanced data."
@@ -175,13 +176,13 @@ class OptimConfig(_Section):
 
 
 class EvalConfig(_Section):
-    every_steps: Optional[int] = Field(
+    every_steps: int | None = Field(
         None, gt=0, description="Evaluate on the validation split every N optimizer steps; None: once per epoch."
     )
     metric: Literal["accuracy", "macro_f1", "loss"] = Field(
         "accuracy", description="Metric that picks the best checkpoint and drives early stopping."
     )
-    early_stopping_patience: Optional[int] = Field(
+    early_stopping_patience: int | None = Field(
         None, gt=0, description="Stop after this many evaluations without improvement; None never stops early."
     )
     min_delta: float = Field(0.0, ge=0, description="Smallest change of the metric that counts as improvement.")
@@ -221,10 +222,10 @@ class Config(_Section):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
     seed: int = Field(42, description="Training seed: head init, adapter init, dropout and data order.")
-    output_dir: Optional[str] = Field(None, description="Run directory; default runs/<model>-<time>.")
+    output_dir: str | None = Field(None, description="Run directory; default runs/<model>-<time>.")
 
     @model_validator(mode="after")
-    def _combinations(self) -> "Config":
+    def _combinations(self) -> Config:
         if self.eval.metric == "loss" and self.eval.min_delta >= 1:
             raise ValueError("eval.min_delta >= 1 can never be met for the loss")
         return self

@@ -18,9 +18,10 @@ import pickle
 import re
 import warnings
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,7 @@ class LabelSpace:
         return {"names": self.names, "source_values": self.source_values}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "LabelSpace":
+    def from_json(cls, obj: dict) -> LabelSpace:
         return cls(list(obj["names"]), [str(v) for v in obj["source_values"]])
 
     def lookup(self) -> dict[str, int]:
@@ -60,13 +61,13 @@ class LabelSpace:
 @dataclass
 class Examples:
     texts: list[str]
-    labels: Optional[list[int]]  # None: the source has no label column (prediction input)
+    labels: list[int] | None  # None: the source has no label column (prediction input)
     ids: list[str]
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, idx: Iterable[int]) -> "Examples":
+    def subset(self, idx: Iterable[int]) -> Examples:
         idx = list(idx)
         return Examples(
             [self.texts[i] for i in idx],
@@ -92,7 +93,7 @@ class _Table:
     origin: str
     columns: dict[str, list[Any]]
     lines: list[int]  # file line of each row (1-based); row number + 1 where lines mean nothing (parquet)
-    label_space: Optional[LabelSpace] = None  # a label space the source itself declares (classes.txt, ClassLabel)
+    label_space: LabelSpace | None = None  # a label space the source itself declares (classes.txt, ClassLabel)
 
     @property
     def n_rows(self) -> int:
@@ -110,7 +111,7 @@ def _open_text(path: Path) -> io.TextIOBase:
     """Open plain or gzip text strictly as UTF-8; decoding errors surface at read time as UnicodeDecodeError."""
     if _is_gzip(path):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="strict", newline="")
-    return open(path, "r", encoding="utf-8", errors="strict", newline="")
+    return open(path, encoding="utf-8", errors="strict", newline="")
 
 
 def _read_all_text(path: Path) -> str:
@@ -173,7 +174,7 @@ def _read_delimited(path: Path, delimiter: str) -> _Table:
     return _Table(str(path), columns, [line for line, _ in body])
 
 
-def _read_classes_txt(folder: Path) -> Optional[list[str]]:
+def _read_classes_txt(folder: Path) -> list[str] | None:
     p = folder / "classes.txt"
     if not p.is_file():
         return None
@@ -349,8 +350,8 @@ def _infer_label_space(values: list[str]) -> LabelSpace:
     return LabelSpace(distinct, list(distinct))
 
 
-def _table_to_examples(table: _Table, cfg: DataConfig, space: Optional[LabelSpace],
-                       require_labels: bool) -> tuple[Examples, Optional[LabelSpace]]:
+def _table_to_examples(table: _Table, cfg: DataConfig, space: LabelSpace | None,
+                       require_labels: bool) -> tuple[Examples, LabelSpace | None]:
     if table.n_rows == 0:
         raise DataError(f"{table.origin}: no rows")
     texts_col = _require_column(table, cfg.text_column, "text", "text_column")
@@ -453,7 +454,7 @@ def _read_tables(source: str, cfg: DataConfig) -> dict[str, _Table]:
     return {"train": readers[fmt]()}
 
 
-def _config_label_space(cfg: DataConfig, declared: Optional[LabelSpace]) -> Optional[LabelSpace]:
+def _config_label_space(cfg: DataConfig, declared: LabelSpace | None) -> LabelSpace | None:
     """data.label_names, read with the source's own coding where it declares one (classic AG News writes its
     classes as '1'..'4'): the config names the classes, it does not recode the file."""
     if cfg.label_names is None:
@@ -468,7 +469,7 @@ def _config_label_space(cfg: DataConfig, declared: Optional[LabelSpace]) -> Opti
     return LabelSpace(list(cfg.label_names), list(declared.source_values))
 
 
-def _with_declared_codes(space: LabelSpace, declared: Optional[LabelSpace]) -> LabelSpace:
+def _with_declared_codes(space: LabelSpace, declared: LabelSpace | None) -> LabelSpace:
     """A fixed label space (a trained run's) read with the coding a source declares, matched by class name: a run
     trained on the Hub's ag_news (codes 0..3) scores the classic CSV (codes 1..4) correctly, and the reverse."""
     if declared is None or sorted(declared.names) != sorted(space.names):
@@ -477,7 +478,7 @@ def _with_declared_codes(space: LabelSpace, declared: Optional[LabelSpace]) -> L
     return LabelSpace(list(space.names), [code[n] for n in space.names])
 
 
-def load_source(cfg: DataConfig, source: Optional[str] = None, *, labels: Optional[LabelSpace] = None,
+def load_source(cfg: DataConfig, source: str | None = None, *, labels: LabelSpace | None = None,
                 require_labels: bool = True) -> Dataset:
     """Read a source into examples. `labels` fixes the label space (a trained run's), else it is discovered."""
     source = resolve_source(source or cfg.source)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def make_accelerator(cfg: Config, run: Optional[RunDir] = None):
+def make_accelerator(cfg: Config, run: RunDir | None = None):
     from accelerate import Accelerator
 
     if cfg.model.device == "cuda" and not torch.cuda.is_available():
@@ -119,7 +119,7 @@ def library_versions() -> dict:
             "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
-def is_better(value: float, best: Optional[float], metric: str, min_delta: float) -> bool:
+def is_better(value: float, best: float | None, metric: str, min_delta: float) -> bool:
     if best is None:
         return True
     return value < best - min_delta if metric == "loss" else value > best + min_delta
@@ -130,14 +130,14 @@ class LoopState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     step_in_epoch: int = 0
-    best_metric: Optional[float] = None
+    best_metric: float | None = None
     best_step: int = 0
-    best_scores: Optional[dict] = None
+    best_scores: dict | None = None
     evals_without_improvement: int = 0
     samples: int = 0  # training examples seen, all processes
     train_seconds: float = 0.0
     stopped_early: bool = False
-    stopped_by: Optional[str] = None  # None, or "callback" when on_evaluate asked to stop
+    stopped_by: str | None = None  # None, or "callback" when on_evaluate asked to stop
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -147,7 +147,7 @@ class TrainingRecipe:
     """One training run, from config to finished run directory (torchtune's recipe shape)."""
 
     def __init__(self, cfg: Config, run: RunDir, *, resume: bool = False,
-                 on_evaluate: Optional[Callable[[int, dict], bool]] = None):
+                 on_evaluate: Callable[[int, dict], bool] | None = None):
         # on_evaluate(step, validation scores) -> True asks the run to stop now (a sweep pruning a poor trial);
         # the run then finishes normally, best adapter saved, with `stopped_by: "callback"` in its summary.
         self.cfg, self.run, self.resume, self.on_evaluate = cfg, run, resume, on_evaluate
@@ -439,7 +439,7 @@ class TrainingRecipe:
 
 
 def train(cfg: Config, run: RunDir, *, resume: bool = False, on_ready=None,
-          on_evaluate: Optional[Callable[[int, dict], bool]] = None) -> dict:
+          on_evaluate: Callable[[int, dict], bool] | None = None) -> dict:
     """Train `cfg` into `run` (a RunDir the caller has checked with `check_new`, or an unfinished one to resume).
     Returns the summary (empty on non-main processes)."""
     recipe = TrainingRecipe(cfg, run, resume=resume, on_evaluate=on_evaluate)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from .api import Classifier
 from .config import DataConfig, load_config, override_section
@@ -14,7 +13,7 @@ from .plots import plot_confusion_matrix
 from .rundir import atomic_write_json, open_finished
 
 
-def _evaluation_rows(clf: Classifier, source: Optional[str], data_cfg: DataConfig):
+def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
     """The examples to score and a name for them. By default, the run's own validation rows: the same split,
     re-derived from the data, checked against the hash the run recorded, so training rows are never scored."""
     summary = clf.run.summary()
@@ -35,8 +34,8 @@ def _evaluation_rows(clf: Classifier, source: Optional[str], data_cfg: DataConfi
     return examples, f"{Path(source).name or source}-{name}"
 
 
-def evaluate(run_dir: str, source: Optional[str] = None, out_dir: Optional[str] = None,
-             data_overrides: Optional[dict] = None, progress: bool = True) -> tuple[dict, Path]:
+def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None,
+             data_overrides: dict | None = None, progress: bool = True) -> tuple[dict, Path]:
     run = open_finished(run_dir)
     # checked before the model loads: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")

@@ -7,7 +7,6 @@ and capped by tokens, so long texts do not blow up memory; the rows are put back
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Optional
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ def forward_logits(model: torch.nn.Module, batch: dict, device: torch.device) ->
     return model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
 
 
-def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):
+def autocast_for(device: torch.device, dtype: torch.dtype | None):
     if dtype is None or dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -29,7 +28,7 @@ def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):
 
 @torch.inference_mode()
 def predict_logits(model: torch.nn.Module, source, *, batch_size: int, device: torch.device,
-                   dtype: Optional[torch.dtype] = None, progress: bool = False, desc: str = "evaluate",
+                   dtype: torch.dtype | None = None, progress: bool = False, desc: str = "evaluate",
                    shard: tuple[int, int] = (0, 1), forward=forward_logits) -> tuple[np.ndarray, np.ndarray]:
     """(row indices, fp32 logits) for this process's shard of the batches; with one process, every row.
     `source` has `.lengths` and `.batch(index)` (batching.TokenBatches, prefix.CachedStates)."""

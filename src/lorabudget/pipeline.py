@@ -76,7 +76,7 @@ def hold_frozen_in(model: torch.nn.Module, dtype: torch.dtype) -> int:
     converted = 0
     for module in model.modules():
         if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            for name, p in module.named_parameters(recurse=False):
+            for p in module.parameters(recurse=False):
                 if not p.requires_grad and p.dtype != dtype:
                     p.data = p.data.to(dtype)
                     converted += p.numel()

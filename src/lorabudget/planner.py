@@ -18,8 +18,8 @@ trains drifts from it silently.
 from __future__ import annotations
 
 import itertools
-import re
 import random
+import re
 import textwrap
 import warnings
 from bisect import bisect_right

@@ -32,7 +32,8 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
                         progress=progress)
     preds = logits.argmax(axis=1)
     names = clf.class_names
-    coding = {"id": [str(i) for i in range(len(names))], "name": names, "source": clf.labels.source_values}[label_format]
+    codings = {"id": [str(i) for i in range(len(names))], "name": names, "source": clf.labels.source_values}
+    coding = codings[label_format]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     header = ["ID", "Label"] + ([f"p_{n}" for n in names] if proba else [])
@@ -63,8 +64,8 @@ def export_adapter(run_dir: str, out: str) -> Path:
     return target
 
 
-_MODELING_HEADER = '''"""A {family} classifier with lorabudget's {head!r} head, which the stock transformers classes cannot
-express. Written by `lorabudget export --merged --custom-code`. Loading this model runs this file:
+_MODELING_HEADER = '''"""A {family} classifier with lorabudget's {head!r} head, which the stock transformers
+classes cannot express. Written by `lorabudget export --merged --custom-code`. Loading this model runs this file:
 
     AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
 """

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ class PassThroughEmbeddings(nn.Module):
         return inputs_embeds
 
 
-def encoder_model(model: nn.Module) -> Optional[nn.Module]:
+def encoder_model(model: nn.Module) -> nn.Module | None:
     """The BertModel / RobertaModel inside a peft model, if it has the embeddings + encoder.layer shape."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner = getattr(base, "base_model", None)

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .errors import RunDirError
 
@@ -29,9 +29,19 @@ RUN_ENTRIES = frozenset({"config.yaml", "labels.json", "status.json", "metrics.j
                          "checkpoints", "adapter", "adapter.tmp", "adapter.old", "plots", "eval", "tensorboard"})
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); results are for others to read too
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -76,7 +86,7 @@ class RunDir:
     adapter = property(lambda self: self.path / "adapter")
     plots = property(lambda self: self.path / "plots")
 
-    def status(self) -> Optional[dict]:
+    def status(self) -> dict | None:
         if not self.status_file.is_file():
             return None
         try:
