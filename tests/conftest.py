@@ -145,6 +145,22 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
 
 
+def slow_cli(step_seconds: float, before_main: str = "") -> str:
+    """Python source (for `python -c`) that runs the lorabudget CLI with every optimizer step slowed down, so that
+    a test can act in the middle of a run: kill it, or let two workers overlap. `before_main` runs just before."""
+    return f"""
+import os, sys, time, torch
+step = torch.optim.AdamW.step
+def slow_step(self, *a, **k):
+    time.sleep({step_seconds})
+    return step(self, *a, **k)
+torch.optim.AdamW.step = slow_step
+{before_main}
+from lorabudget.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def tiny_config(model_dir: Path, data: Path, out: Path, **sections) -> dict:
     """A config dict for a fast run on the tiny model."""
     cfg = {

@@ -9,19 +9,10 @@ import subprocess
 import sys
 import time
 
-from conftest import tiny_config, write_config
+from conftest import slow_cli, tiny_config, write_config
 
-# Run the CLI with every optimizer step slowed down, so that the test can kill it mid-run.
-SLOW_TRAIN = """
-import sys, time, torch
-step = torch.optim.AdamW.step
-def slow_step(self, *a, **k):
-    time.sleep(0.03)
-    return step(self, *a, **k)
-torch.optim.AdamW.step = slow_step
-from lorabudget.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+# The CLI with every optimizer step slowed down, so that the test can kill it mid-run.
+SLOW_TRAIN = slow_cli(0.03)
 
 
 def _cfg(tiny_roberta, easy_csv, out):

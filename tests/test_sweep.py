@@ -14,19 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config, write_config
+from conftest import slow_cli, tiny_config, write_config
 
 # The CLI with every optimizer step slowed down, so that the test can kill the sweep in the middle of a trial.
-SLOW_CLI = """
-import sys, time, torch
-step = torch.optim.AdamW.step
-def slow_step(self, *a, **k):
-    time.sleep(0.05)
-    return step(self, *a, **k)
-torch.optim.AdamW.step = slow_step
-from lorabudget.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+SLOW_CLI = slow_cli(0.05)
 
 
 

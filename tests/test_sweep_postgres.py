@@ -21,25 +21,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config, write_config
+from conftest import slow_cli, tiny_config, write_config
 
 # A worker: each optimizer step slowed a little, so that both workers are busy at once, and a start line: the
 # slow imports happen first, then each waits for the test's "go", so that neither has the study to itself.
-WORKER = """
-import os, sys, time, torch
-step = torch.optim.AdamW.step
-def slow_step(self, *a, **k):
-    time.sleep(0.05)
-    return step(self, *a, **k)
-torch.optim.AdamW.step = slow_step
+WORKER = slow_cli(0.05, before_main="""
 import optuna, lorabudget.engine, lorabudget.sweep
-from lorabudget.cli import main
 barrier = os.environ["SWEEP_BARRIER"]
 open(os.path.join(barrier, f"ready-{os.getpid()}"), "w").close()
 while not os.path.exists(os.path.join(barrier, "go")):
     time.sleep(0.05)
-sys.exit(main(sys.argv[1:]))
-"""
+""")
 
 
 
