@@ -44,6 +44,7 @@ def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
         best = max(val, key=lambda r: r["val_accuracy"])
         ax.annotate(f"{best['val_accuracy']:.4f}", (best["step"], best["val_accuracy"]),
                     textcoords="offset points", xytext=(0, 8), ha="center")
+        ax.margins(y=0.12)  # room for the label above the best point, clear of the title
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("validation score")
     ax.set_title("Validation accuracy")
