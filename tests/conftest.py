@@ -100,6 +100,18 @@ def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-bert"), "bert")
 
 
+@pytest.fixture(scope="session")
+def trained_run(tiny_roberta, easy_csv, tmp_path_factory) -> Path:
+    """One finished tiny run, shared by the tests that read it (evaluate, reload, predict, export): they write
+    only under its eval/ folder or outside it."""
+    from lorabudget.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    cfg = write_config(out.parent / "cfg.yaml", tiny_config(tiny_roberta, easy_csv, out))
+    assert main(["train", "-c", str(cfg)]) == 0
+    return out
+
+
 def write_csv(path: Path, rows: list[tuple[str, int]], header=("text", "label"), names: bool = True) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

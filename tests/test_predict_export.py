@@ -16,14 +16,6 @@ from lorabudget.cli import main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tiny_roberta, easy_csv, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    cfg = write_config(out.parent / "cfg.yaml", tiny_config(tiny_roberta, easy_csv, out))
-    assert main(["train", "-c", str(cfg)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def unlabelled(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "test.csv"
     rows = make_texts(30, seed=11)
@@ -41,16 +33,16 @@ def read_csv(path):
 
 
 @pytest.mark.parametrize("fmt", ["id", "name", "source"])
-def test_submission_rows(run_dir, unlabelled, tmp_path, fmt):
+def test_submission_rows(trained_run, unlabelled, tmp_path, fmt):
     path, rows = unlabelled
-    names = lorabudget.load(run_dir).class_names  # inferred from the data's label names, sorted
+    names = lorabudget.load(trained_run).class_names  # inferred from the data's label names, sorted
     assert sorted(names) == sorted(CLASSES)
 
     def expected(k):  # the conftest's class k, as the submission should write it
         return str(names.index(CLASSES[k])) if fmt == "id" else CLASSES[k]
 
     out = tmp_path / "submission.csv"
-    assert main(["predict", str(run_dir), "--data", str(path), "--out", str(out), "--label-format", fmt]) == 0
+    assert main(["predict", str(trained_run), "--data", str(path), "--out", str(out), "--label-format", fmt]) == 0
     got = read_csv(out)
     assert list(got[0]) == ["ID", "Label"]
     assert [r["ID"] for r in got] == [str(1000 + i) for i in range(len(rows))]
@@ -58,20 +50,20 @@ def test_submission_rows(run_dir, unlabelled, tmp_path, fmt):
     assert np.mean([r["Label"] == t for r, t in zip(got, truth)]) > 0.8
 
 
-def test_submission_with_probabilities_and_row_index_ids(run_dir, tmp_path):
+def test_submission_with_probabilities_and_row_index_ids(trained_run, tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in make_texts(12, seed=3)))
     out = tmp_path / "s.csv"
-    assert main(["predict", str(run_dir), "--data", str(path), "--out", str(out), "--proba"]) == 0
+    assert main(["predict", str(trained_run), "--data", str(path), "--out", str(out), "--proba"]) == 0
     got = read_csv(out)
     assert [r["ID"] for r in got] == [str(i) for i in range(12)]
-    names = lorabudget.load(run_dir).class_names
+    names = lorabudget.load(trained_run).class_names
     probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in got])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     assert [int(r["Label"]) for r in got] == probs.argmax(1).tolist()
 
 
-def test_pickled_dataset_needs_the_flag(run_dir, tmp_path, capsys):
+def test_pickled_dataset_needs_the_flag(trained_run, tmp_path, capsys):
     from datasets import Dataset
 
     texts = [t for t, _ in make_texts(8, seed=4)]
@@ -79,19 +71,19 @@ def test_pickled_dataset_needs_the_flag(run_dir, tmp_path, capsys):
     with open(path, "wb") as f:
         pickle.dump(Dataset.from_dict({"text": texts}), f)
     out = tmp_path / "s.csv"
-    assert main(["predict", str(run_dir), "--data", str(path), "--out", str(out)]) == 2
+    assert main(["predict", str(trained_run), "--data", str(path), "--out", str(out)]) == 2
     assert "--allow-pickle" in capsys.readouterr().err
     assert not out.exists()
     with pytest.warns(UserWarning, match="runs code"):
-        assert main(["predict", str(run_dir), "--data", str(path), "--out", str(out), "--allow-pickle"]) == 0
+        assert main(["predict", str(trained_run), "--data", str(path), "--out", str(out), "--allow-pickle"]) == 0
     assert len(read_csv(out)) == 8
 
 
-def test_merged_export_predicts_what_the_run_predicts(run_dir, tmp_path):
+def test_merged_export_predicts_what_the_run_predicts(trained_run, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "merged"
-    assert main(["export", str(run_dir), "--merged", str(out)]) == 0
+    assert main(["export", str(trained_run), "--merged", str(out)]) == 0
     assert (out / "model.safetensors").is_file()
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
@@ -99,12 +91,12 @@ def test_merged_export_predicts_what_the_run_predicts(run_dir, tmp_path):
     with torch.no_grad():
         enc = tok(texts, padding=True, return_tensors="pt")
         exported = [model.config.id2label[i] for i in model(**enc).logits.argmax(-1).tolist()]
-    assert exported == lorabudget.load(run_dir).predict(texts)
+    assert exported == lorabudget.load(trained_run).predict(texts)
 
 
-def test_adapter_export_loads_with_peft(run_dir, tmp_path):
+def test_adapter_export_loads_with_peft(trained_run, tmp_path):
     out = tmp_path / "adapter"
-    assert main(["export", str(run_dir), "--adapter", str(out)]) == 0
+    assert main(["export", str(trained_run), "--adapter", str(out)]) == 0
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and "classifier" in cfg["modules_to_save"]
 

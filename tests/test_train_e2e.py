@@ -9,17 +9,9 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import make_texts, tiny_config, write_config, write_csv
+from conftest import make_texts, write_csv
 
 from lorabudget.cli import main
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_roberta, easy_csv, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "run"
-    cfg = write_config(out.parent / "cfg.yaml", tiny_config(tiny_roberta, easy_csv, out))
-    assert main(["train", "-c", str(cfg)]) == 0
-    return out
 
 
 def test_run_dir_contract(trained_run):
