@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from .config import AdapterConfig
@@ -137,7 +136,3 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, head_type: str, *, meta_o
             raise ModelError(f"an adapter landed inside the head ({name}); this is a bug in target resolution")
     return peft_model, head, targets
 
-
-def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters that train, each once; peft's frozen copies of saved modules never do."""
-    return [p for n, p in model.named_parameters() if p.requires_grad and ".original_module." not in n]

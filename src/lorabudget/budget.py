@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -19,6 +20,18 @@ from .errors import BudgetError
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 _ADAPTER = re.compile(r"\.layer\.\d+\.(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_magnitude_vector|lora_embedding_A|"
                       r"lora_embedding_B)\.")
+
+
+def is_frozen_copy(name: str) -> bool:
+    """A parameter of peft's frozen copy of a module it trains in full: never trains, whatever its flag says."""
+    return ".original_module." in name
+
+
+def trained_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """(name, parameter) for what really trains, each once (named_parameters yields a shared one once)."""
+    for name, p in model.named_parameters():
+        if p.requires_grad and not is_frozen_copy(name):
+            yield name, p
 
 
 @dataclass
@@ -54,7 +67,7 @@ def count_trainable(model: nn.Module) -> Breakdown:
         if not p.requires_grad:
             continue
         n = p.numel()
-        if ".original_module." in name:
+        if is_frozen_copy(name):
             b.excluded.append((name, n, "frozen copy kept by peft's modules_to_save; never trains"))
             continue
         b.total += n

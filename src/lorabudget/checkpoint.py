@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .budget import trained_parameters
 from .rundir import atomic_write_json, replace_dir
 
 WEIGHTS = "trainable.safetensors"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters()
-            if p.requires_grad and ".original_module." not in n}
+    return {n: p.detach().to("cpu").contiguous().clone() for n, p in trained_parameters(model)}
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:

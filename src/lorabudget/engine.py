@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .batching import TokenBatches, Tokenized, tokenize, train_batches
-from .budget import format_breakdown
+from .budget import format_breakdown, trained_parameters
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import Config, dump_config
 from .data import LabelSpace
@@ -97,9 +97,7 @@ def lr_lambda(kind: str, warmup: int, total: int):
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Decay matrices (adapter and head weights); leave biases, norms and DoRA magnitudes undecayed."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad or ".original_module." in name:
-            continue
+    for _, p in trained_parameters(model):
         (decay if p.ndim >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
