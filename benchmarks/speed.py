@@ -1,11 +1,17 @@
 """Speed benchmark: lorabudget against HF Trainer + PEFT on the same model, data and adapter config.
 
-    python benchmarks/speed.py [--quick] [--json PATH] [--cases minilm-all,minilm-top2,roberta-shape]
+    python benchmarks/speed.py [--quick] [--json PATH] [--cases minilm-all,minilm-top2,minilm-top2-3ep,roberta-shape]
+                               [--methods ...,lorabudget-compile] [--skip-time-to-accuracy]
 
 Each (case, method) pair runs in its own subprocess, so its peak memory is its own, and the pairs of a case
 alternate, so machine noise hits all methods alike. Reported: training samples/s (the caching pass of frozen
 layers counted in), evaluation samples/s, peak resident memory, useful matmul FLOP/s (real tokens only) beside
-this machine's matmul peak measured here, and the ratio of lorabudget to each baseline.
+this machine's matmul peak measured here, and the ratio of lorabudget to each baseline. `minilm-top2-3ep` times
+three passes over the same rows, where frozen-prefix caching pays off (its caching pass is counted in).
+
+Full mode (without --quick) also races to accuracy: the baseline trains one epoch of ../shared's AG News (Trainer,
+fp32, padded to 128), then lorabudget (same model, q,v r=8, same split) trains until its validation accuracy
+reaches the baseline's; the ratio of their training times is reported (target: at most 0.2).
 
 Baselines (transformers.Trainer + peft.get_peft_model, as notebooks run them):
   trainer-pad128   fp32, every text padded to max_length=128
@@ -29,15 +35,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "ag_news" / "train_subset.csv.gz"
 METHODS = ["trainer-pad128", "trainer-dynamic", "trainer-best", "lorabudget"]
+EXTRA_METHODS = ["lorabudget-compile"]  # on request (--methods): torch.compile takes minutes on a CPU
+
+
+CASES = ["minilm-all", "minilm-top2", "minilm-top2-3ep", "roberta-shape"]
 
 
 def case_settings(case: str, quick: bool) -> dict:
-    steps = {"minilm-all": (24, 150), "minilm-top2": (24, 150), "roberta-shape": (6, 40)}[case]
+    """`steps` is one pass over the training rows (steps x batch_size rows); `epochs` passes are timed."""
+    steps = {"minilm-all": (24, 150), "minilm-top2": (24, 150), "minilm-top2-3ep": (16, 150),
+             "roberta-shape": (6, 40)}[case]
     base = {"case": case, "batch_size": 32 if case != "roberta-shape" else 16, "steps": steps[0 if quick else 1],
-            "eval_rows": 256 if quick else 2000, "r": 8, "alpha": 16, "targets": ["query", "value"],
+            "epochs": 1, "eval_rows": 256 if quick else 2000, "r": 8, "alpha": 16, "targets": ["query", "value"],
             "layers": None, "lr": 5e-4}
-    if case == "minilm-top2":
+    if case.startswith("minilm-top2"):
         base["layers"] = [4, 5]
+    if case == "minilm-top2-3ep":  # several passes over the same rows: where frozen-prefix caching pays off
+        base["epochs"] = 3
     return base
 
 
@@ -150,8 +164,9 @@ def run_trainer(s: dict, path: str, variant: str, workdir: Path) -> dict:
                 marks["t0"] = time.perf_counter()
             marks["t1"] = time.perf_counter()
 
+    total_steps = s["steps"] * s["epochs"]
     args = TrainingArguments(output_dir=str(workdir / f"hf-{variant}"), per_device_train_batch_size=s["batch_size"],
-                             per_device_eval_batch_size=64, max_steps=s["steps"], learning_rate=s["lr"],
+                             per_device_eval_batch_size=64, max_steps=total_steps, learning_rate=s["lr"],
                              bf16=bf16, use_cpu=True, report_to=[], save_strategy="no", logging_steps=10_000,
                              disable_tqdm=True, dataloader_num_workers=0, seed=0,
                              train_sampling_strategy="group_by_length" if variant == "trainer-best" else "random")
@@ -164,12 +179,12 @@ def run_trainer(s: dict, path: str, variant: str, workdir: Path) -> dict:
     eval_s = time.perf_counter() - t
     tokens = sum(len(x) for x in tok(texts[:n_train], truncation=True, max_length=128)["input_ids"])
     del torch
-    return {"train_samples_per_s": (s["steps"] - 2) * s["batch_size"] / train_s,
+    return {"train_samples_per_s": (total_steps - 2) * s["batch_size"] / train_s,
             "eval_samples_per_s": s["eval_rows"] / eval_s, "real_tokens_per_sample": tokens / n_train,
             "precision": "bf16" if bf16 else "fp32"}
 
 
-def run_lorabudget(s: dict, path: str, workdir: Path) -> dict:
+def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False) -> dict:
     import csv
 
     from lorabudget.api import Classifier
@@ -189,7 +204,9 @@ def run_lorabudget(s: dict, path: str, workdir: Path) -> dict:
         "data": {"source": str(data), "validation_size": s["eval_rows"], "split_seed": 0},
         "adapter": {"r": s["r"], "alpha": s["alpha"], "dropout": 0.1, "target_modules": s["targets"],
                     "layers": s["layers"]},
-        "budget": 10_000_000, "optim": {"lr": s["lr"], "batch_size": s["batch_size"], "max_steps": s["steps"]},
+        "budget": 10_000_000,
+        "optim": {"lr": s["lr"], "batch_size": s["batch_size"], "max_steps": s["steps"] * s["epochs"]},
+        "speed": {"compile": compile},
         "eval": {"every_steps": 10**9}, "logging": {"progress": False, "every_steps": 10**6},
         "output_dir": str(workdir / "lb-run"), "seed": 0,
     })
@@ -208,12 +225,87 @@ def run_lorabudget(s: dict, path: str, workdir: Path) -> dict:
             "cached_layers": summary["frozen_prefix_cached_layers"], "train_rows": n_train}
 
 
+# ---- time to accuracy (full mode) -----------------------------------------------------------------------------
+
+TTA = {"r": 8, "alpha": 16, "targets": ["query", "value"], "batch_size": 32, "validation_rows": 1000,
+       "baseline_lr": 5e-4, "lorabudget_lr": 2e-3, "lorabudget_eval_every": 25}
+
+
+def tta_split() -> tuple[list[str], list[int], list[str], list[int]]:
+    """lorabudget's own stratified split of ../shared (1,000 validation rows, split_seed 0), for both sides."""
+    from lorabudget.config import DataConfig
+    from lorabudget.data import load_source, split_train_validation
+
+    cfg = DataConfig(source=str(SHARED), validation_size=TTA["validation_rows"], split_seed=0)
+    dataset = load_source(cfg)
+    split = split_train_validation(dataset.splits["train"], cfg, len(dataset.labels.names), dataset.source)
+    return split.train.texts, split.train.labels, split.validation.texts, split.validation.labels
+
+
+def run_tta_trainer(path: str, workdir: Path) -> dict:
+    """The notebook baseline: Trainer + PEFT, fp32, padded to 128, one epoch; its validation accuracy at the end."""
+    import datasets
+    import numpy as np
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    tr_x, tr_y, va_x, va_y = tta_split()
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = lambda x, y: datasets.Dataset.from_dict(  # noqa: E731
+        {**tok(x, truncation=True, max_length=128, padding="max_length"), "labels": y})
+    train, val = enc(tr_x, tr_y), enc(va_x, va_y)
+    steps = len(train) // TTA["batch_size"]
+    model = _peft_model(path, {**TTA, "layers": None})
+    args = TrainingArguments(output_dir=str(workdir / "hf-tta"), per_device_train_batch_size=TTA["batch_size"],
+                             per_device_eval_batch_size=64, num_train_epochs=1, learning_rate=TTA["baseline_lr"],
+                             warmup_steps=int(0.06 * steps), use_cpu=True, report_to=[], save_strategy="no",
+                             logging_steps=10_000, disable_tqdm=True, seed=0)
+    trainer = Trainer(model=model, args=args, train_dataset=train)
+    t = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t
+    pred = trainer.predict(val).predictions.argmax(-1)
+    return {"accuracy": float((pred == np.array(va_y)).mean()), "train_seconds": seconds,
+            "train_samples": len(train)}
+
+
+def run_tta_lorabudget(path: str, workdir: Path, target: float) -> dict:
+    """lorabudget, same model, adapter and split, until its validation accuracy reaches `target`."""
+    from lorabudget.config import build_config
+    from lorabudget.engine import TrainingRecipe
+    from lorabudget.rundir import RunDir
+
+    cfg = build_config({
+        "model": {"name": path, "max_length": 128, "precision": "auto"},
+        "data": {"source": str(SHARED), "validation_size": TTA["validation_rows"], "split_seed": 0},
+        "adapter": {"r": TTA["r"], "alpha": TTA["alpha"], "dropout": 0.1, "target_modules": TTA["targets"]},
+        "budget": 10_000_000, "optim": {"lr": TTA["lorabudget_lr"], "batch_size": TTA["batch_size"], "epochs": 1},
+        "eval": {"every_steps": TTA["lorabudget_eval_every"]}, "logging": {"progress": False},
+        "output_dir": str(workdir / "lb-tta"), "seed": 0,
+    })
+    run = RunDir(cfg.output_dir)
+    run.check_new(overwrite=True)
+    recipe = TrainingRecipe(cfg, run, on_evaluate=lambda step, scores: scores["accuracy"] >= target)
+    recipe.setup()
+    t = time.perf_counter()
+    recipe.train()
+    wall = time.perf_counter() - t
+    evals = [r for r in run.read_metrics() if "val_accuracy" in r]
+    hit = next((r for r in evals if r["val_accuracy"] >= target), None)
+    last = evals[-1]
+    return {"reached": hit is not None, "accuracy": (hit or last)["val_accuracy"], "step": (hit or last)["step"],
+            "train_seconds": (hit or last)["train_seconds"], "wall_seconds_with_evaluations": wall}
+
+
 def measure_one(spec: dict) -> dict:
     workdir = Path(spec["workdir"])
     s = spec["settings"]
     path = model_path(s["case"], workdir)
-    if spec["method"] == "lorabudget":
-        out = run_lorabudget(s, path, workdir)
+    if spec["method"] == "tta-trainer":
+        out = run_tta_trainer(path, workdir)
+    elif spec["method"] == "tta-lorabudget":
+        out = run_tta_lorabudget(path, workdir, spec["target"])
+    elif spec["method"].startswith("lorabudget"):
+        out = run_lorabudget(s, path, workdir, compile=spec["method"] == "lorabudget-compile")
     else:
         out = run_trainer(s, path, spec["method"], workdir)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -235,8 +327,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and rows (under 20 minutes on 2 cores)")
     ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--cases", default="minilm-all,minilm-top2,roberta-shape")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS + EXTRA_METHODS)}")
+    ap.add_argument("--skip-time-to-accuracy", action="store_true", help="full mode: skip the one-epoch race")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -271,15 +364,32 @@ def main() -> int:
             r["useful_train_gflops"] = r["train_samples_per_s"] * seq * (fwd + bwd) / 1e9
         lb = block["methods"].get("lorabudget", {})
         for m, r in block["methods"].items():
-            if m != "lorabudget" and "error" not in r and "error" not in lb:
+            if not m.startswith("lorabudget") and "error" not in r and "error" not in lb:
                 lb[f"train_x_{m}"] = lb["train_samples_per_s"] / r["train_samples_per_s"]
                 lb[f"eval_x_{m}"] = lb["eval_samples_per_s"] / r["eval_samples_per_s"]
+
+    if not args.quick and not args.skip_time_to_accuracy and SHARED.is_file():
+        results["time_to_accuracy"] = time_to_accuracy(workdir)
 
     print_table(results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def time_to_accuracy(workdir: Path) -> dict:
+    """The baseline's accuracy after one epoch, then how long lorabudget takes to reach it (ratio: at most 0.2)."""
+    settings = {"case": "minilm-all"}
+    base = run_in_subprocess({"settings": settings, "method": "tta-trainer", "workdir": str(workdir)})
+    out = {"settings": TTA, "baseline": base}
+    if "error" not in base:
+        ours = run_in_subprocess({"settings": settings, "method": "tta-lorabudget", "workdir": str(workdir),
+                                  "target": base["accuracy"]})
+        out["lorabudget"] = ours
+        if "error" not in ours:
+            out["time_ratio"] = ours["train_seconds"] / base["train_seconds"]
+    return out
 
 
 def print_table(results: dict) -> None:
@@ -297,12 +407,23 @@ def print_table(results: dict) -> None:
             if "error" in r:
                 print(f"{case:14s} {m:16s} error: {r['error']}")
                 continue
-            tx = lb.get(f"train_x_{m}", 1.0 if m == "lorabudget" else float("nan"))
-            ex = lb.get(f"eval_x_{m}", 1.0 if m == "lorabudget" else float("nan"))
+            ours = m.startswith("lorabudget")
+            tx = lb.get(f"train_x_{m}", float("nan"))
+            ex = lb.get(f"eval_x_{m}", float("nan"))
             print(f"{case:14s} {m:16s} {r['precision']:5s} {r['train_samples_per_s']:8.1f} "
                   f"{r['eval_samples_per_s']:8.1f} {r['peak_rss_mib']:9.0f} {r.get('useful_train_gflops', 0):8.1f} "
-                  f"{'' if m == 'lorabudget' else f'{tx:8.2f}':>8s} {'' if m == 'lorabudget' else f'{ex:7.2f}':>7s}")
+                  f"{'' if ours else f'{tx:8.2f}':>8s} {'' if ours else f'{ex:7.2f}':>7s}")
     print("train x / eval x: lorabudget's throughput divided by that baseline's (same run, same data).")
+    tta = results.get("time_to_accuracy")
+    if tta:
+        base, ours = tta["baseline"], tta.get("lorabudget", {})
+        if "error" in base or "error" in ours:
+            print(f"time to accuracy: error: {base.get('error') or ours.get('error')}")
+        else:
+            print(f"time to accuracy: the baseline (Trainer, fp32, pad 128) reaches {base['accuracy']:.4f} after one "
+                  f"epoch in {base['train_seconds']:.0f} s; lorabudget "
+                  f"{'reaches' if ours['reached'] else 'does NOT reach'} it at step {ours['step']} after "
+                  f"{ours['train_seconds']:.0f} s of training: ratio {tta['time_ratio']:.3f} (target <= 0.2)")
 
 
 if __name__ == "__main__":

@@ -54,12 +54,28 @@ def test_no_prefix_when_a_lower_layer_trains(tiny_roberta):
     assert frozen_prefix_length(all_layers) == 0
 
 
-def test_training_with_and_without_the_cache_agree(tiny_roberta, easy_csv, tmp_path):
+def test_states_on_disk_equal_states_in_memory_and_leave_no_file(tiny_bert, tmp_path):
+    model = load_pretrained(str(tiny_bert), ["a", "b"])
+    model, _, _ = add_adapters(model, AdapterConfig(r=2, layers=[1]), "default")
+    tok = load_tokenizer(str(tiny_bert))
+    data = tokenize([t for t, _ in make_texts(30, seed=5)], None, tok, 32, use_cache=False, progress=False)
+    kwargs = dict(pad_id=tok.pad_token_id, device=torch.device("cpu"))
+    in_memory = compute_states(model, data, 1, **kwargs)
+    on_disk = compute_states(model, data, 1, on_disk=tmp_path / "prefix", **kwargs)
+    assert torch.equal(in_memory.flat, on_disk.flat)
+    assert not torch.equal(on_disk.flat, torch.zeros_like(on_disk.flat))
+    # the file is unlinked as soon as it is mapped: nothing is left behind, even by a killed run
+    assert list((tmp_path / "prefix").iterdir()) == []
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_training_with_and_without_the_cache_agree(tiny_roberta, easy_csv, tmp_path, storage):
     results = {}
     for cache in (True, False):
         out = tmp_path / f"cache-{cache}"
         cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"layers": [1], "dropout": 0.0},
-                          speed={"cache_frozen_prefix": cache}, optim={"max_steps": 40}, eval={"every_steps": 20})
+                          speed={"cache_frozen_prefix": cache, "prefix_cache_storage": storage},
+                          optim={"max_steps": 40}, eval={"every_steps": 20})
         assert main(["train", "-c", str(write_config(tmp_path / f"{cache}.yaml", cfg))]) == 0
         results[cache] = json.loads((out / "summary.json").read_text())
     assert results[True]["frozen_prefix_cached_layers"] == 1
@@ -68,3 +84,16 @@ def test_training_with_and_without_the_cache_agree(tiny_roberta, easy_csv, tmp_p
     # the states are stored in fp16: the runs differ by rounding, not by what they learn
     assert abs(a["loss"] - b["loss"]) < 0.02, (a, b)
     assert abs(a["accuracy"] - b["accuracy"]) <= 0.03, (a, b)
+
+
+def test_compiled_training_matches_eager(tiny_roberta, easy_csv, tmp_path):
+    results = {}
+    for compiled in (True, False):
+        out = tmp_path / f"compile-{compiled}"
+        cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"dropout": 0.0}, speed={"compile": compiled},
+                          optim={"max_steps": 12}, eval={"every_steps": 12})
+        assert main(["train", "-c", str(write_config(tmp_path / f"{compiled}.yaml", cfg))]) == 0
+        results[compiled] = json.loads((out / "summary.json").read_text())
+    assert results[True]["compiled"] is True and results[False]["compiled"] is False
+    a, b = results[True]["final"], results[False]["final"]
+    assert abs(a["loss"] - b["loss"]) < 1e-3, (a, b)  # the same math, fused differently

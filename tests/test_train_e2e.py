@@ -27,7 +27,11 @@ def test_run_dir_contract(trained_run):
     assert len(summary["data"]["validation_hash"]) == 16
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert any("train_loss" in r and "lr" in r for r in records)
-    assert any("val_accuracy" in r and "val_loss" in r for r in records)
+    evals = [r for r in records if "val_accuracy" in r]
+    assert evals and all("val_loss" in r for r in evals)
+    # each evaluation records the training time so far (time to accuracy): positive and growing
+    seconds = [r["train_seconds"] for r in evals]
+    assert seconds[0] > 0 and seconds == sorted(seconds) and seconds[-1] <= summary["train_seconds"] + 1e-6
     for png in (trained_run / "plots").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

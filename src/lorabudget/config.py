@@ -205,7 +205,17 @@ class SpeedConfig(_Section):
     cache_frozen_prefix: bool = Field(
         True,
         description="When nothing below encoder layer k trains (adapters on the top layers only), compute layers "
-        "0..k-1 once per text (eval mode: their dropout is off) and train on the stored states (fp16 in memory).",
+        "0..k-1 once per text (eval mode: their dropout is off) and train on the stored states (fp16).",
+    )
+    prefix_cache_storage: Literal["memory", "disk"] = Field(
+        "memory",
+        description="Where the cached states live: 'memory', or 'disk' (a memory-mapped file under LORABUDGET_CACHE, "
+        "deleted when the run ends) for training sets whose states do not fit in RAM (~2 bytes x hidden per token).",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the training forward. Pays off on GPUs (fused elementwise kernels); on CPUs the "
+        "compile takes minutes and measured no faster here (see docs/benchmarks.md).",
     )
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .batching import TokenBatches, Tokenized, tokenize, train_batches
+from .batching import TokenBatches, Tokenized, cache_dir, tokenize, train_batches
 from .budget import format_breakdown, trained_parameters
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from .config import Config, dump_config
@@ -204,6 +204,9 @@ class TrainingRecipe:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.scheduler, warmup, self.total_steps))
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.scheduler = scheduler  # stepped by hand once per optimizer step, on every process alike
+        # Compiled for the training forward only: the module (names, checkpoints, evaluation) stays the same.
+        # dynamic=True: length buckets change the sequence length every batch; one graph serves them all.
+        self.train_forward = torch.compile(self.model, dynamic=True) if cfg.speed.compile else self.model
         self.eval_every = cfg.eval.every_steps or self.steps_per_epoch
         self.state = LoopState()
 
@@ -262,7 +265,7 @@ class TrainingRecipe:
                 # DDP averages gradients only on the last micro-batch of an accumulation window
                 sync = acc.no_sync(model) if i < len(micro) - 1 else nullcontext()
                 with sync, self._autocast():
-                    logits = self._forward(model, batch, self.device)
+                    logits = self._forward(self.train_forward, batch, self.device)
                     loss = F.cross_entropy(logits.float(), batch["labels"].to(self.device), weight=self.class_weights,
                                            label_smoothing=o.label_smoothing)
                     acc.backward(loss / len(micro))
@@ -308,7 +311,8 @@ class TrainingRecipe:
     def _cache_prefix(self) -> None:
         progress = self.cfg.logging.progress and self.main
         model = self.accelerator.unwrap_model(self.model)
-        kwargs = dict(pad_id=self.pad_id, device=self.device, progress=progress,
+        on_disk = cache_dir() / "prefix" if self.cfg.speed.prefix_cache_storage == "disk" else None
+        kwargs = dict(pad_id=self.pad_id, device=self.device, progress=progress, on_disk=on_disk,
                       autocast=self._autocast if self.autocast_dtype is not None else None)
         self.train_source = compute_states(model, self.train_data, self.prefix, **kwargs)
         self.val_source = compute_states(model, self.val_data, self.prefix, **kwargs)
@@ -361,7 +365,8 @@ class TrainingRecipe:
         if self.on_evaluate is not None and self.on_evaluate(st.step, scores):
             st.stopped_early, st.stopped_by = True, "callback"
         self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
-                   "val_loss": scores["loss"], "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"]})
+                   "val_loss": scores["loss"], "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"],
+                   "train_seconds": round(st.train_seconds, 2)})  # training time so far: time-to-accuracy
         bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
         if self.main:
             model = self.accelerator.unwrap_model(self.model)
@@ -401,6 +406,8 @@ class TrainingRecipe:
                 "train_samples": st.samples,
                 "num_processes": self.world,
                 "frozen_prefix_cached_layers": self.prefix,
+                "compiled": cfg.speed.compile,
+                "threads": torch.get_num_threads(),
                 "device": str(self.device), "precision": self.precision,
                 "data": {"source": self.data.dataset.source, "train_rows": len(split.train),
                          "validation_rows": len(split.validation), "validation_hash": split.validation_hash,

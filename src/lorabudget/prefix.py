@@ -12,8 +12,11 @@ for the duration of one forward. Parameter names never change, so checkpoints an
 
 from __future__ import annotations
 
+import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,12 +108,15 @@ class CachedStates:
 @torch.inference_mode()
 def compute_states(model: nn.Module, data: Tokenized, stop: int, *, pad_id: int, device: torch.device,
                    autocast=None, batch_size: int = 256, storage: torch.dtype = torch.float16,
-                   progress: bool = False) -> CachedStates:
+                   on_disk: Path | None = None, progress: bool = False) -> CachedStates:
+    """The states after layer stop-1 for every text of `data`. With `on_disk` (a folder), they live in a
+    memory-mapped file there instead of RAM: the page cache keeps what fits, the disk holds the rest."""
     inner = encoder_model(model)
     lengths = data.lengths
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(lengths)
-    flat = torch.empty((int(offsets[-1]), inner.config.hidden_size), dtype=storage)
+    shape = (int(offsets[-1]), inner.config.hidden_size)
+    flat = disk_tensor(shape, storage, on_disk) if on_disk is not None else torch.empty(shape, dtype=storage)
     was_training = inner.training
     inner.eval()
     try:
@@ -127,6 +133,21 @@ def compute_states(model: nn.Module, data: Tokenized, stop: int, *, pad_id: int,
     finally:
         inner.train(was_training)
     return CachedStates(flat, offsets, data)
+
+
+def disk_tensor(shape: tuple[int, int], dtype: torch.dtype, folder: Path) -> torch.Tensor:
+    """An uninitialised tensor backed by a memory-mapped file in `folder`. The file is unlinked at once: the
+    mapping keeps it alive, and the space returns to the disk when the tensor goes, even if the run is killed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np_dtype = {torch.float16: np.float16, torch.float32: np.float32}[dtype]
+    fd, name = tempfile.mkstemp(prefix="prefix-states-", suffix=".bin", dir=folder)
+    try:
+        os.ftruncate(fd, max(1, int(np.prod(shape))) * np.dtype(np_dtype).itemsize)
+        array = np.memmap(name, dtype=np_dtype, mode="r+", shape=shape)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return torch.from_numpy(array)
 
 
 @contextmanager
