@@ -33,6 +33,12 @@ def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
 
     a = _train(tiny_roberta, easy_csv, tmp_path, "a", seed=0)
     b = _train(tiny_roberta, easy_csv, tmp_path, "b", seed=1)  # a and b differ only by seed: one row
+    # b as an older lorabudget wrote it, before `speed.compile` existed: it trained at the default all the same
+    import yaml
+
+    old = yaml.safe_load((b / "config.yaml").read_text())
+    assert old["speed"].pop("compile") is False
+    (b / "config.yaml").write_text(yaml.safe_dump(old))
     _train(tiny_roberta, easy_csv, tmp_path, "c", adapter={"r": 2})
     _train(tiny_roberta, easy_csv, tmp_path, "d", optim={"lr": 3e-3})
     # a run killed before it finished: listed as left out, not reported

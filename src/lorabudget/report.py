@@ -101,8 +101,20 @@ class Collection:
             why = status.get("reason") or f"state {status.get('state', 'unknown')}"
             self.left_out[str(path)] = f"not finished ({why})"
             return
-        config = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
+        config = with_defaults(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {})
         self.runs[key] = Run(path, path.name, flatten(config), run.summary(), run.read_metrics(), trial)
+
+
+def with_defaults(raw: dict) -> dict:
+    """A run's config with every field present: a run written before a field existed trained as if it held the
+    field's default, so it must not look different from a newer run that writes the default out. A config this
+    version cannot read is compared as written."""
+    from .config import Config
+
+    try:
+        return Config.model_validate(raw).model_dump(mode="json")
+    except ValueError:
+        return raw
 
 
 def _find_run_dirs(folder: Path, depth: int = 0) -> list[Path]:
