@@ -15,7 +15,8 @@ from lorabudget.config import load_config
 from lorabudget.pipeline import planned_breakdown
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-PRESETS = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("space"))
+# the presets, and the recipe study's configs (configs/recipes/, see docs/recipes.md)
+PRESETS = sorted(p for p in CONFIGS.rglob("*.yaml") if not p.name.startswith("space"))
 
 PUBLISHED = {  # the configurations people already use for roberta-base on AG News, and what trains today
     "roberta-base-qv-r8.yaml": 888_580,
@@ -32,7 +33,7 @@ def stated_count(path: Path) -> int:
     return int(m.group(1).replace(",", ""))
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_preset_comment_states_the_exact_count(preset):
     cfg = load_config(preset)
     b = planned_breakdown(cfg, 4)
@@ -62,3 +63,19 @@ def test_minilm_preset_fits_its_budget_share():
     cfg = load_config(CONFIGS / "minilm-cpu.yaml")
     assert cfg.budget == 180_000
     assert "minilm" in cfg.model.name
+
+
+def test_defaults_are_the_recommended_roberta_base_recipe():
+    """`lorabudget train` without -c trains configs/recommended-roberta-base.yaml; default.yaml writes it out."""
+    from lorabudget.config import Config
+
+    defaults = Config().model_dump()
+    for name in ("default.yaml", "recommended-roberta-base.yaml"):
+        assert load_config(CONFIGS / name).model_dump() == defaults, name
+    assert planned_breakdown(Config(), 4).total == 998_404
+
+
+def test_recommended_minilm_is_the_recipe_the_study_measured():
+    """docs/recipes.md groups the recommended runs with the exploration run of the same config (seed 1)."""
+    measured = load_config(CONFIGS / "recipes" / "explore-all-r4-lr2e-3.yaml").model_dump()
+    assert load_config(CONFIGS / "recommended-minilm.yaml").model_dump() == measured
