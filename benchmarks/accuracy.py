@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=recipes.SHARED)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    args.out = args.out / f"steps-{args.steps}"  # runs of another length are another benchmark
     args.out.mkdir(parents=True, exist_ok=True)
     configs = []
     for name in PATHS:

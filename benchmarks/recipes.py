@@ -36,10 +36,28 @@ def run_state(run: Path) -> str | None:
         return None
 
 
+# What a run learns from; a finished run whose sections differ from the recipe's is stale, not a result of it.
+COMPARED = ("model", "data", "adapter", "head", "budget", "optim", "speed", "seed")
+
+
+def stale(run: Path, recipe: Path, seed: int, overrides: list[str]) -> list[str]:
+    """The config sections in which a finished run differs from what the recipe would train now."""
+    from lorabudget.config import effective_settings, load_config
+
+    ran = effective_settings(load_config(run / "config.yaml"))
+    wanted = effective_settings(load_config(recipe, [*overrides, f"seed={seed}",
+                                                     f"data.source={ran['data']['source']}"]))
+    return [key for key in COMPARED if ran[key] != wanted[key]]
+
+
 def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, float]:
     run = args.out / recipe.stem / f"seed-{seed}"
     state = run_state(run)
     if state == "finished":
+        differs = stale(run, recipe, seed, args.set)
+        if differs:
+            return (f"{recipe.stem} seed {seed}: {run} was trained with other {', '.join(differs)} settings than "
+                    "the recipe now asks; use another --out", 1, 0.0)
         return f"{recipe.stem} seed {seed}: finished before", 0, 0.0
     if state is not None:  # killed or failed mid-run: continue from its last checkpoint
         cmd = [*LORABUDGET, "train", "--resume", str(run)]
@@ -67,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override for every recipe, e.g. optim.max_steps=300")
     parser.add_argument("--report", type=Path, default=None, help="write `lorabudget report` here at the end")
     args = parser.parse_args(argv)
+    # the trainings run in the project root: paths given relative to the caller's folder are resolved first
+    args.recipes = [r.resolve() for r in args.recipes]
+    args.out, args.data = args.out.resolve(), args.data.resolve()
     missing = [str(r) for r in args.recipes if not r.is_file()]
     if missing or not args.data.exists():
         parser.error(f"not found: {', '.join(missing) or args.data}")

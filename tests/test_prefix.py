@@ -97,3 +97,13 @@ def test_compiled_training_matches_eager(tiny_roberta, easy_csv, tmp_path):
     assert results[True]["compiled"] is True and results[False]["compiled"] is False
     a, b = results[True]["final"], results[False]["final"]
     assert abs(a["loss"] - b["loss"]) < 1e-3, (a, b)  # the same math, fused differently
+
+
+def test_compile_is_not_applied_over_a_cached_prefix(tiny_roberta, easy_csv, tmp_path):
+    """The cached path swaps modules in every forward: a compiled graph would be rebuilt each step."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"layers": [1]}, speed={"compile": True},
+                      optim={"max_steps": 4}, eval={"every_steps": 4})
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frozen_prefix_cached_layers"] == 1 and summary["compiled"] is False

@@ -38,6 +38,8 @@ def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
 
     old = yaml.safe_load((b / "config.yaml").read_text())
     assert old["speed"].pop("compile") is False
+    # and with another default for a field that had no effect on it (epochs, under max_steps)
+    old["optim"]["epochs"] = 3.0
     (b / "config.yaml").write_text(yaml.safe_dump(old))
     _train(tiny_roberta, easy_csv, tmp_path, "c", adapter={"r": 2})
     _train(tiny_roberta, easy_csv, tmp_path, "d", optim={"lr": 3e-3})

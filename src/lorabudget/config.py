@@ -335,6 +335,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(raw, origin)
 
 
+def effective_settings(cfg: Config) -> dict:
+    """The config as a plain dict with the fields that have no effect blanked (None): `optim.epochs` under
+    `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `head.rank` for heads without one. Two
+    runs that train alike compare equal, even when written by versions with other defaults for such fields."""
+    out = cfg.model_dump(mode="json")
+    if cfg.optim.max_steps is not None:
+        out["optim"]["epochs"] = None
+    if cfg.optim.warmup_steps is not None:
+        out["optim"]["warmup_ratio"] = None
+    if cfg.head.type != "lowrank":
+        out["head"]["rank"] = None
+    return out
+
+
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 

@@ -206,7 +206,12 @@ class TrainingRecipe:
         self.scheduler = scheduler  # stepped by hand once per optimizer step, on every process alike
         # Compiled for the training forward only: the module (names, checkpoints, evaluation) stays the same.
         # dynamic=True: length buckets change the sequence length every batch; one graph serves them all.
-        self.train_forward = torch.compile(self.model, dynamic=True) if cfg.speed.compile else self.model
+        # Not with a cached prefix: its forward swaps modules in and out, which would recompile every step.
+        compile_it = cfg.speed.compile and not self.prefix
+        if cfg.speed.compile and self.prefix and self.main:
+            tqdm.write("speed.compile is not applied: the frozen prefix is cached, and its forward swaps modules")
+        self.compiled = compile_it
+        self.train_forward = torch.compile(self.model, dynamic=True) if compile_it else self.model
         self.eval_every = cfg.eval.every_steps or self.steps_per_epoch
         self.state = LoopState()
 
@@ -406,7 +411,7 @@ class TrainingRecipe:
                 "train_samples": st.samples,
                 "num_processes": self.world,
                 "frozen_prefix_cached_layers": self.prefix,
-                "compiled": cfg.speed.compile,
+                "compiled": self.compiled,
                 "threads": torch.get_num_threads(),
                 "device": str(self.device), "precision": self.precision,
                 "data": {"source": self.data.dataset.source, "train_rows": len(split.train),

@@ -162,8 +162,9 @@ def apply_head(model, head: HeadConfig | str) -> HeadSpec:
         return HeadSpec("pooler", head + ("pooler",), stock_loadable=True)
     if head_type in CUSTOM_HEADS:
         if family not in ("roberta", "bert"):
-            raise ModelError(f"head.type={head_type} is available for roberta- and BERT-style models, not "
-                             f"{config.model_type!r}; use head.type=default")
+            raise ModelError(f"head.type={head_type} (the default is 'linear') is available for roberta- and "
+                             f"BERT-style models, not {config.model_type!r}; set head.type=default for the model "
+                             "class's own head")
         install_custom_head(model, family, head_type, rank)
         # BERT's lowrank head takes the pooler's place in front of BERT's own classifier: both train.
         saved = head + ("pooler",) if (family, head_type) == ("bert", "lowrank") else head

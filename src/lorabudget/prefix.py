@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import Tokenized, collate, eval_batches
+from .errors import TrainingError
 
 
 class PassThroughEmbeddings(nn.Module):
@@ -139,15 +140,24 @@ def disk_tensor(shape: tuple[int, int], dtype: torch.dtype, folder: Path) -> tor
     """An uninitialised tensor backed by a memory-mapped file in `folder`. The file is unlinked at once: the
     mapping keeps it alive, and the space returns to the disk when the tensor goes, even if the run is killed."""
     folder.mkdir(parents=True, exist_ok=True)
-    np_dtype = {torch.float16: np.float16, torch.float32: np.float32}[dtype]
+    # numpy has no bfloat16: bf16 states are stored as their raw 16 bits and viewed back as bf16
+    np_dtype = {torch.float16: np.float16, torch.float32: np.float32, torch.bfloat16: np.int16}[dtype]
     fd, name = tempfile.mkstemp(prefix="prefix-states-", suffix=".bin", dir=folder)
     try:
-        os.ftruncate(fd, max(1, int(np.prod(shape))) * np.dtype(np_dtype).itemsize)
+        size = max(1, int(np.prod(shape))) * np.dtype(np_dtype).itemsize
+        # Reserve the blocks now: a sparse file on a full disk would fail later, as SIGBUS mid-write.
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            raise TrainingError(f"no room for the cached states ({size / 2**20:,.0f} MiB) in {folder}: {exc.strerror}; "
+                             "free disk space, set LORABUDGET_CACHE elsewhere, or use "
+                             "speed.prefix_cache_storage=memory") from None
         array = np.memmap(name, dtype=np_dtype, mode="r+", shape=shape)
     finally:
         os.close(fd)
         os.unlink(name)
-    return torch.from_numpy(array)
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if dtype == torch.bfloat16 else tensor
 
 
 @contextmanager

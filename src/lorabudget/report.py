@@ -107,12 +107,13 @@ class Collection:
 
 def with_defaults(raw: dict) -> dict:
     """A run's config with every field present: a run written before a field existed trained as if it held the
-    field's default, so it must not look different from a newer run that writes the default out. A config this
-    version cannot read is compared as written."""
-    from .config import Config
+    field's default, so it must not look different from a newer run that writes the default out. Fields without
+    effect (epochs under max_steps, say) are blanked, so a changed default there does not split a seed group. A
+    config this version cannot read is compared as written."""
+    from .config import Config, effective_settings
 
     try:
-        return Config.model_validate(raw).model_dump(mode="json")
+        return effective_settings(Config.model_validate(raw))
     except ValueError:
         return raw
 
