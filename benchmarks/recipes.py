@@ -74,6 +74,38 @@ def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, fl
     return f"{recipe.stem} seed {seed}", rc, time.perf_counter() - started
 
 
+def summary_table(out: Path) -> str:
+    """Markdown: best validation accuracy as mean and sample std over seeds, for each group of finished runs
+    under `out` that differ only by seed (as `lorabudget report` groups them): one recipe may have runs in
+    two folders (an exploration run and the recommended preset's, say)."""
+    import statistics
+
+    from lorabudget.config import effective_settings, load_config
+
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for run in sorted(out.glob("*/seed-*")):
+        if run_state(run) != "finished":
+            continue
+        settings = effective_settings(load_config(run / "config.yaml"))
+        for key in ("seed", "output_dir", "logging"):
+            settings.pop(key)
+        key = json.dumps(settings, sort_keys=True)
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        groups.setdefault(key, []).append((run.parent.name, summary))
+    rows = []
+    for runs in groups.values():
+        accs = [s["best"]["accuracy"] for _, s in runs]
+        std = f"{100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else "-"
+        minutes = statistics.mean(s["train_seconds"] for _, s in runs) / 60
+        names = " = ".join(dict.fromkeys(name for name, _ in runs))
+        rows.append((statistics.mean(accs), f"| {names} | {runs[0][1]['trainable_params']:,} | "
+                     f"{100 * statistics.mean(accs):.2f} ± {std} | {len(accs)} | "
+                     f"{' / '.join(f'{100 * a:.1f}' for a in accs)} | {minutes:.1f} min |"))
+    head = ("| recipe | trainable | best val. accuracy % (mean ± std) | seeds | per seed | train time (1 thread) |\n"
+            "|---|---:|---:|---:|---|---:|")
+    return "\n".join([head, *(line for _, line in sorted(rows, reverse=True))])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="+", type=Path, help="recipe configs (YAML)")
@@ -99,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, rc, seconds in pool.map(lambda w: train_one(*w, args, threads), work):
             failed += rc != 0
             print(f"{name}: {'ok' if rc == 0 else f'exit {rc}'} ({seconds / 60:.1f} min)", flush=True)
+    print(summary_table(args.out))
     if args.report:
         rc = subprocess.call([*LORABUDGET, "report", str(args.out), "--out", str(args.report)], cwd=ROOT)
         failed += rc != 0
