@@ -30,10 +30,9 @@ LORABUDGET = [sys.executable, "-m", "lorabudget.cli"]
 
 
 def run_state(run: Path) -> str | None:
-    try:
-        return json.loads((run / "status.json").read_text(encoding="utf-8")).get("state")
-    except (OSError, ValueError):
-        return None
+    from lorabudget.rundir import RunDir
+
+    return (RunDir(run).status() or {}).get("state")
 
 
 # What a run learns from; a finished run whose sections differ from the recipe's is stale, not a result of it.
