@@ -207,11 +207,10 @@ class TrainingRecipe:
         # Compiled for the training forward only: the module (names, checkpoints, evaluation) stays the same.
         # dynamic=True: length buckets change the sequence length every batch; one graph serves them all.
         # Not with a cached prefix: its forward swaps modules in and out, which would recompile every step.
-        compile_it = cfg.speed.compile and not self.prefix
+        self.compiled = cfg.speed.compile and not self.prefix
         if cfg.speed.compile and self.prefix and self.main:
             tqdm.write("speed.compile is not applied: the frozen prefix is cached, and its forward swaps modules")
-        self.compiled = compile_it
-        self.train_forward = torch.compile(self.model, dynamic=True) if compile_it else self.model
+        self.train_forward = torch.compile(self.model, dynamic=True) if self.compiled else self.model
         self.eval_every = cfg.eval.every_steps or self.steps_per_epoch
         self.state = LoopState()
 
