@@ -184,11 +184,31 @@ def run_trainer(s: dict, path: str, variant: str, workdir: Path) -> dict:
             "precision": "bf16" if bf16 else "fp32"}
 
 
+def lorabudget_config(path: str, data: Path, s: dict, output_dir: Path, *, validation_rows: int, optim: dict,
+                      eval_every: int, compile: bool = False):
+    """lorabudget's side of a comparison: the baselines' model, adapter (LoRA on `s["targets"]`, dropout 0.1) and
+    head, lorabudget's own speed defaults. One builder for the throughput runs and the race, so the two cannot
+    drift apart."""
+    from lorabudget.config import build_config
+
+    return build_config({
+        "model": {"name": path, "max_length": 128, "precision": "auto"},
+        "data": {"source": str(data), "validation_size": validation_rows, "split_seed": 0},
+        "adapter": {"r": s["r"], "alpha": s["alpha"], "dropout": 0.1, "target_modules": s["targets"],
+                    "layers": s["layers"]},
+        "head": {"type": "default"},  # the model class's own head, as peft's SEQ_CLS task trains it
+        "budget": 10_000_000,
+        "optim": {"batch_size": s["batch_size"], **optim},
+        "speed": {"compile": compile},
+        "eval": {"every_steps": eval_every}, "logging": {"progress": False, "every_steps": 10**6},
+        "output_dir": str(output_dir), "seed": 0,
+    })
+
+
 def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False) -> dict:
     import csv
 
     from lorabudget.api import Classifier
-    from lorabudget.config import build_config
     from lorabudget.engine import TrainingRecipe
     from lorabudget.rundir import RunDir
 
@@ -199,18 +219,9 @@ def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False) -> 
         w = csv.writer(f)
         w.writerow(["text", "label"])
         w.writerows(zip(texts, labels))
-    cfg = build_config({
-        "model": {"name": path, "max_length": 128, "precision": "auto"},
-        "data": {"source": str(data), "validation_size": s["eval_rows"], "split_seed": 0},
-        "adapter": {"r": s["r"], "alpha": s["alpha"], "dropout": 0.1, "target_modules": s["targets"],
-                    "layers": s["layers"]},
-        "head": {"type": "default"},  # the model class's own head, as peft's SEQ_CLS task trains it
-        "budget": 10_000_000,
-        "optim": {"lr": s["lr"], "batch_size": s["batch_size"], "max_steps": s["steps"] * s["epochs"]},
-        "speed": {"compile": compile},
-        "eval": {"every_steps": 10**9}, "logging": {"progress": False, "every_steps": 10**6},
-        "output_dir": str(workdir / "lb-run"), "seed": 0,
-    })
+    cfg = lorabudget_config(path, data, s, workdir / "lb-run", validation_rows=s["eval_rows"],
+                            optim={"lr": s["lr"], "max_steps": s["steps"] * s["epochs"]},
+                            eval_every=10**9, compile=compile)
     run = RunDir(cfg.output_dir)
     run.check_new(overwrite=True)
     recipe = TrainingRecipe(cfg, run)
@@ -271,19 +282,12 @@ def run_tta_trainer(path: str, workdir: Path) -> dict:
 
 def run_tta_lorabudget(path: str, workdir: Path, target: float) -> dict:
     """lorabudget, same model, adapter and split, until its validation accuracy reaches `target`."""
-    from lorabudget.config import build_config
     from lorabudget.engine import TrainingRecipe
     from lorabudget.rundir import RunDir
 
-    cfg = build_config({
-        "model": {"name": path, "max_length": 128, "precision": "auto"},
-        "data": {"source": str(SHARED), "validation_size": TTA["validation_rows"], "split_seed": 0},
-        "adapter": {"r": TTA["r"], "alpha": TTA["alpha"], "dropout": 0.1, "target_modules": TTA["targets"]},
-        "head": {"type": "default"},
-        "budget": 10_000_000, "optim": {"lr": TTA["lorabudget_lr"], "batch_size": TTA["batch_size"], "epochs": 1},
-        "eval": {"every_steps": TTA["lorabudget_eval_every"]}, "logging": {"progress": False},
-        "output_dir": str(workdir / "lb-tta"), "seed": 0,
-    })
+    cfg = lorabudget_config(path, SHARED, {**TTA, "layers": None}, workdir / "lb-tta",
+                            validation_rows=TTA["validation_rows"], optim={"lr": TTA["lorabudget_lr"], "epochs": 1},
+                            eval_every=TTA["lorabudget_eval_every"])
     run = RunDir(cfg.output_dir)
     run.check_new(overwrite=True)
     recipe = TrainingRecipe(cfg, run, on_evaluate=lambda step, scores: scores["accuracy"] >= target)
