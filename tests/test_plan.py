@@ -294,3 +294,17 @@ def test_lowrank_head_counts_as_head(model):
     if model == "bert-base-uncased":  # the pooler's place, BERT's own classifier behind it
         assert head == {"head (classifier)": 3_076, "head (pooler)": 49_920}
     assert arithmetic(cfg, planner.model_shape(model, 4)).groups == dict(built.groups)
+
+
+def test_building_adapters_warns_about_nothing_the_user_can_act_on(tiny_roberta):
+    """peft reads a deprecated transformers attribute on every build; that FutureWarning is silenced (only it)."""
+    import warnings
+
+    from lorabudget.models import load_pretrained
+
+    cfg = config(str(tiny_roberta), {"r": 4, "target_modules": ["query", "value"]})
+    model = load_pretrained(str(tiny_roberta), ["a", "b", "c", "d"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_adapters(model, cfg.adapter, cfg.head)
+    assert not [w for w in caught if "gradient_checkpointing" in str(w.message)], [str(w.message) for w in caught]

@@ -9,7 +9,9 @@ LoRA-wrapped instead of trained in full.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import warnings
 from dataclasses import dataclass
 
 from torch import nn
@@ -114,6 +116,15 @@ def lora_config(cfg: AdapterConfig, targets: list[str], head: HeadSpec, layout: 
     )
 
 
+@contextlib.contextmanager
+def quiet_peft_deprecations():
+    """peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on
+    every build and load. It is peft's call, not something a user can act on, so it is silenced here only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def add_adapters(model: nn.Module, cfg: AdapterConfig, head_type: str, *, meta_ok: bool = False):
     """Head first, then LoRA on the resolved targets. Returns (peft model, head spec, adapted module names)."""
     from peft import get_peft_model
@@ -128,7 +139,8 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, head_type: str, *, meta_o
         if not meta_ok:
             raise ModelError(f"adapter.init={init} needs real weights, not a meta-device model")
         cfg = cfg.model_copy(update={"init": "default"})
-    peft_model = get_peft_model(model, lora_config(cfg, targets, head, layout))
+    with quiet_peft_deprecations():
+        peft_model = get_peft_model(model, lora_config(cfg, targets, head, layout))
     if on_meta and init != cfg.init:
         peft_model.peft_config["default"].init_lora_weights = _INIT[init]
     for name, _ in peft_model.named_modules():

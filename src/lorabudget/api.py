@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adapters import quiet_peft_deprecations
 from .batching import TokenBatches, Tokenized, tokenize
 from .config import Config, load_config
 from .data import LabelSpace
@@ -34,7 +35,8 @@ def load_peft_model(cfg: Config, labels: LabelSpace, adapter_dir: Path):
         raise RunDirError(f"{adapter_dir} holds no adapter_model.safetensors")
     model = load_pretrained(cfg.model.name, labels.names, trust_remote_code=cfg.model.trust_remote_code)
     apply_head(model, cfg.head)  # the whole head section: lowrank needs its rank
-    return PeftModel.from_pretrained(model, str(adapter_dir))
+    with quiet_peft_deprecations():
+        return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
 class Classifier:
