@@ -1,7 +1,7 @@
 """Speed benchmark: lorabudget against HF Trainer + PEFT on the same model, data and adapter config.
 
     python benchmarks/speed.py [--quick] [--json PATH] [--cases minilm-all,minilm-top2,minilm-top2-3ep,roberta-shape]
-                               [--methods ...,lorabudget-compile] [--skip-time-to-accuracy]
+                               [--methods ...,lorabudget-compile] [--skip-time-to-accuracy | --only-time-to-accuracy]
 
 Each (case, method) pair runs in its own subprocess, so its peak memory is its own, and the pairs of a case
 alternate, so machine noise hits all methods alike. Reported: training samples/s (the caching pass of frozen
@@ -339,6 +339,8 @@ def main() -> int:
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--methods", default=",".join(METHODS), help=f"of {', '.join(METHODS + EXTRA_METHODS)}")
     ap.add_argument("--skip-time-to-accuracy", action="store_true", help="full mode: skip the one-epoch race")
+    ap.add_argument("--only-time-to-accuracy", action="store_true",
+                    help="run the one-epoch race alone, without the throughput cases (implies full mode)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -354,7 +356,12 @@ def main() -> int:
                "data": str(SHARED) if SHARED.is_file() else "synthetic", "quick": args.quick, "cases": {}}
     workdir = Path(tempfile.mkdtemp(prefix="lorabudget-bench-"))
     methods = args.methods.split(",")
-    plan = [(c, m) for c in args.cases.split(",") for m in methods]
+    if args.only_time_to_accuracy and (args.quick or args.skip_time_to_accuracy):
+        ap.error("--only-time-to-accuracy runs the race, which is full mode only")
+    if args.only_time_to_accuracy and not SHARED.is_file():
+        ap.error(f"the race trains on real AG News rows, and {SHARED} is not there")
+    cases = [] if args.only_time_to_accuracy else args.cases.split(",")
+    plan = [(c, m) for c in cases for m in methods]
     for case, method in tqdm(plan, desc="benchmark", unit="run"):
         s = case_settings(case, args.quick)
         r = run_in_subprocess({"settings": s, "method": method, "workdir": str(workdir)})
