@@ -226,6 +226,15 @@ CASES = {
     "evaluate-bad-data-override-value": Case(
         lambda c: ["evaluate", str(c.copy_finished()), "--set", "data.validation_size=lots"],
         ("data.validation_size", "lots"), out="kept"),
+    # ---- predict -----------------------------------------------------------------------------------------
+    "predict-repeated-id": Case(
+        lambda c: ["predict", str(c.copy_finished()), "--out", str(c.tmp / "sub.csv"),
+                   "--data", str(c.csv("test.csv", ["ID,text", "7,one text", "8,two", "7,three"]))],
+        ("test.csv", "line 4", "id '7'", "repeats the one at line 2"), out="kept"),
+    "predict-empty-id": Case(
+        lambda c: ["predict", str(c.copy_finished()), "--out", str(c.tmp / "sub.csv"),
+                   "--data", str(c.csv("test.csv", ["ID,text", "7,one text", ",two"]))],
+        ("test.csv", "line 3", "empty id"), out="kept"),
 }
 
 

@@ -369,6 +369,7 @@ def _table_to_examples(table: _Table, cfg: DataConfig, space: LabelSpace | None,
 
     if cfg.id_column and cfg.id_column in table.columns:
         ids = [_as_label_key(v) for v in table.columns[cfg.id_column]]
+        _check_ids(table, ids, cfg.id_column)
     else:
         ids = [str(i) for i in range(table.n_rows)]
 
@@ -392,6 +393,18 @@ def _table_to_examples(table: _Table, cfg: DataConfig, space: LabelSpace | None,
     elif require_labels:
         _require_column(table, cfg.label_column, "label", "label_column")
     return Examples(texts, labels, ids), space
+
+
+def _check_ids(table, ids: list[str], column: str) -> None:
+    """A submission keys its rows by ID: an empty or repeated one would make it ambiguous, so say where."""
+    first_row: dict[str, int] = {}
+    for row, value in enumerate(ids):
+        if value == "" or value.lower() in ("none", "nan"):
+            raise DataError(f"{table.where(row)}: empty id (column {column!r})")
+        if value in first_row:
+            raise DataError(f"{table.where(row)}: id {value!r} (column {column!r}) repeats the one at line "
+                            f"{table.lines[first_row[value]]}; ids must be unique")
+        first_row[value] = row
 
 
 # ---- resolving a source ----------------------------------------------------------------------------------
