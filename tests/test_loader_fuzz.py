@@ -51,6 +51,11 @@ def _bad_label(key: str) -> bool:
     return key == "" or key.lower() in ("none", "nan")
 
 
+def _bad_ids(ids: list[str]) -> bool:
+    """IDs key a submission's rows: an empty or repeated one is refused."""
+    return any(_bad_label(i) for i in ids) or len(set(ids)) != len(ids)
+
+
 def _write(folder: Path, name: str, data: bytes, gz: bool) -> Path:
     path = folder / (name + ".gz" if gz else name)
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
@@ -148,6 +153,8 @@ def _expect_header_table(header: list[str], rows: list[list[str]]) -> Expected:
     if not all(texts) or any(_bad_label(y) for y in labels):
         return Expected(False)
     ids = [r[col["ID"]].strip() for r in body] if "ID" in col else None
+    if ids is not None and _bad_ids(ids):
+        return Expected(False)
     return Expected(True, texts, labels, ids)
 
 
@@ -308,7 +315,8 @@ def _expect_jsonl(lines: list) -> Expected | None:
     if all(i is None for i in ids):
         return Expected(True, texts, labels, None)
     if all(isinstance(i, str) for i in ids):
-        return Expected(True, texts, labels, [i.strip() for i in ids])
+        ids = [i.strip() for i in ids]
+        return Expected(False) if _bad_ids(ids) else Expected(True, texts, labels, ids)
     return None
 
 
