@@ -27,6 +27,7 @@ from .checkpoint import load_checkpoint, load_weights, save_checkpoint, save_wei
 from .config import Config, dump_config
 from .data import LabelSpace
 from .errors import ConfigError, TrainingError
+from .fastdropout import use_fast_dropout
 from .inference import ordered, predict_logits
 from .metrics import classification_scores
 from .models import load_tokenizer
@@ -180,6 +181,10 @@ class TrainingRecipe:
         model.to(self.device)
         self.inner = encoder_model(model)
         self.prefix = frozen_prefix_length(model) if cfg.speed.cache_frozen_prefix else 0
+        # Not under torch.compile: it generates a fast dropout itself, and numpy calls would break its graph.
+        will_compile = cfg.speed.compile and not self.prefix
+        self.fast_dropouts = (use_fast_dropout(model) if cfg.speed.fast_dropout and self.device.type == "cpu"
+                              and not will_compile else 0)
         self.train_source = TokenBatches(self.train_data, self.pad_id)
         self.val_source = TokenBatches(self.val_data, self.pad_id)
 
@@ -207,7 +212,7 @@ class TrainingRecipe:
         # Compiled for the training forward only: the module (names, checkpoints, evaluation) stays the same.
         # dynamic=True: length buckets change the sequence length every batch; one graph serves them all.
         # Not with a cached prefix: its forward swaps modules in and out, which would recompile every step.
-        self.compiled = cfg.speed.compile and not self.prefix
+        self.compiled = will_compile
         if cfg.speed.compile and self.prefix and self.main:
             tqdm.write("speed.compile is not applied: the frozen prefix is cached, and its forward swaps modules")
         self.train_forward = torch.compile(self.model, dynamic=True) if self.compiled else self.model
@@ -411,6 +416,7 @@ class TrainingRecipe:
                 "num_processes": self.world,
                 "frozen_prefix_cached_layers": self.prefix,
                 "compiled": self.compiled,
+                "fast_dropout_modules": self.fast_dropouts,
                 "threads": torch.get_num_threads(),
                 "device": str(self.device), "precision": self.precision,
                 "data": {"source": self.data.dataset.source, "train_rows": len(split.train),
