@@ -5,8 +5,8 @@
 MiniLM (packaged), LoRA on query and value r=8, a fixed number of steps on ../shared's AG News with 1,000
 validation rows held out (stratified, split_seed 0). Two paths, each over the same seeds:
   fast    lorabudget's defaults: length buckets with per-batch padding, `precision: auto` (bf16 where the
-          hardware has it natively), frozen-prefix caching where it applies
-  plain   fp32, random batches, no caching
+          hardware has it natively), frozen-prefix caching where it applies, fast dropout masks on CPUs
+  plain   fp32, random batches, no caching, torch's own dropout
 It prints each path's final validation accuracy as mean and standard deviation over the seeds, and the
 difference of the means (target: within 0.5 points). The runs go through benchmarks/recipes.py, so a stopped
 benchmark continues where it was.
@@ -27,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipes  # noqa: E402  (benchmarks/recipes.py: trains configs x seeds, skipping finished runs)
 
 PATHS = {
-    "fast": {"model": {"precision": "auto"}, "speed": {"length_buckets": True, "cache_frozen_prefix": True}},
-    "plain": {"model": {"precision": "fp32"}, "speed": {"length_buckets": False, "cache_frozen_prefix": False}},
+    "fast": {"model": {"precision": "auto"},
+             "speed": {"length_buckets": True, "cache_frozen_prefix": True, "fast_dropout": True}},
+    "plain": {"model": {"precision": "fp32"},
+              "speed": {"length_buckets": False, "cache_frozen_prefix": False, "fast_dropout": False}},
 }
 
 
