@@ -1,7 +1,8 @@
 """Speed benchmark: lorabudget against HF Trainer + PEFT on the same model, data and adapter config.
 
     python benchmarks/speed.py [--quick] [--json PATH] [--cases minilm-all,minilm-top2,minilm-top2-3ep,roberta-shape]
-                               [--methods ...,lorabudget-compile] [--skip-time-to-accuracy | --only-time-to-accuracy]
+                               [--methods ...,lorabudget-compile,lorabudget-torch-dropout]
+                               [--skip-time-to-accuracy | --only-time-to-accuracy]
 
 Each (case, method) pair runs in its own subprocess, so its peak memory is its own, and the pairs of a case
 alternate, so machine noise hits all methods alike. Reported: training samples/s (the caching pass of frozen
@@ -35,7 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "ag_news" / "train_subset.csv.gz"
 METHODS = ["trainer-pad128", "trainer-dynamic", "trainer-best", "lorabudget"]
-EXTRA_METHODS = ["lorabudget-compile"]  # on request (--methods): torch.compile takes minutes on a CPU
+# On request (--methods): torch.compile takes minutes on a CPU; torch-dropout is lorabudget with
+# speed.fast_dropout off, to see what the fast dropout masks are worth on this machine.
+EXTRA_METHODS = ["lorabudget-compile", "lorabudget-torch-dropout"]
 
 
 CASES = ["minilm-all", "minilm-top2", "minilm-top2-3ep", "roberta-shape"]
@@ -185,7 +188,7 @@ def run_trainer(s: dict, path: str, variant: str, workdir: Path) -> dict:
 
 
 def lorabudget_config(path: str, data: Path, s: dict, output_dir: Path, *, validation_rows: int, optim: dict,
-                      eval_every: int, compile: bool = False):
+                      eval_every: int, compile: bool = False, fast_dropout: bool = True):
     """lorabudget's side of a comparison: the baselines' model, adapter (LoRA on `s["targets"]`, dropout 0.1) and
     head, lorabudget's own speed defaults. One builder for the throughput runs and the race, so the two cannot
     drift apart."""
@@ -199,13 +202,13 @@ def lorabudget_config(path: str, data: Path, s: dict, output_dir: Path, *, valid
         "head": {"type": "default"},  # the model class's own head, as peft's SEQ_CLS task trains it
         "budget": 10_000_000,
         "optim": {"batch_size": s["batch_size"], **optim},
-        "speed": {"compile": compile},
+        "speed": {"compile": compile, "fast_dropout": fast_dropout},
         "eval": {"every_steps": eval_every}, "logging": {"progress": False, "every_steps": 10**6},
         "output_dir": str(output_dir), "seed": 0,
     })
 
 
-def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False) -> dict:
+def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False, fast_dropout: bool = True) -> dict:
     import csv
 
     from lorabudget.api import Classifier
@@ -221,7 +224,7 @@ def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False) -> 
         w.writerows(zip(texts, labels))
     cfg = lorabudget_config(path, data, s, workdir / "lb-run", validation_rows=s["eval_rows"],
                             optim={"lr": s["lr"], "max_steps": s["steps"] * s["epochs"]},
-                            eval_every=10**9, compile=compile)
+                            eval_every=10**9, compile=compile, fast_dropout=fast_dropout)
     run = RunDir(cfg.output_dir)
     run.check_new(overwrite=True)
     recipe = TrainingRecipe(cfg, run)
@@ -311,7 +314,8 @@ def measure_one(spec: dict) -> dict:
     elif spec["method"] == "tta-lorabudget":
         out = run_tta_lorabudget(path, workdir, spec["target"])
     elif spec["method"].startswith("lorabudget"):
-        out = run_lorabudget(s, path, workdir, compile=spec["method"] == "lorabudget-compile")
+        out = run_lorabudget(s, path, workdir, compile=spec["method"] == "lorabudget-compile",
+                             fast_dropout=spec["method"] != "lorabudget-torch-dropout")
     else:
         out = run_trainer(s, path, spec["method"], workdir)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -380,7 +384,7 @@ def main() -> int:
             r["useful_train_gflops"] = r["train_samples_per_s"] * seq * (fwd + bwd) / 1e9
         lb = block["methods"].get("lorabudget", {})
         for m, r in block["methods"].items():
-            if not m.startswith("lorabudget") and "error" not in r and "train_samples_per_s" in lb:
+            if m != "lorabudget" and "error" not in r and "train_samples_per_s" in lb:
                 lb[f"train_x_{m}"] = lb["train_samples_per_s"] / r["train_samples_per_s"]
                 lb[f"eval_x_{m}"] = lb["eval_samples_per_s"] / r["eval_samples_per_s"]
 
@@ -413,7 +417,7 @@ def print_table(results: dict) -> None:
     print(f"\nmachine: {results['machine']['cpus']} CPUs, matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, "
           f"bf16 {peak['bf16']:.0f} GFLOP/s (native bf16: {results['machine']['native_bf16']}); "
           f"data: {results['data']}")
-    head = f"{'case':14s} {'method':16s} {'prec':5s} {'train/s':>8s} {'eval/s':>8s} {'peak MiB':>9s} " \
+    head = f"{'case':14s} {'method':24s} {'prec':5s} {'train/s':>8s} {'eval/s':>8s} {'peak MiB':>9s} " \
            f"{'GFLOP/s':>8s} {'train x':>8s} {'eval x':>7s}"
     print(head)
     print("-" * len(head))
@@ -421,15 +425,15 @@ def print_table(results: dict) -> None:
         lb = block["methods"].get("lorabudget", {})
         for m, r in block["methods"].items():
             if "error" in r:
-                print(f"{case:14s} {m:16s} error: {r['error']}")
+                print(f"{case:14s} {m:24s} error: {r['error']}")
                 continue
-            ours = m.startswith("lorabudget")
+            ours = m == "lorabudget"
             tx = lb.get(f"train_x_{m}", float("nan"))
             ex = lb.get(f"eval_x_{m}", float("nan"))
-            print(f"{case:14s} {m:16s} {r['precision']:5s} {r['train_samples_per_s']:8.1f} "
+            print(f"{case:14s} {m:24s} {r['precision']:5s} {r['train_samples_per_s']:8.1f} "
                   f"{r['eval_samples_per_s']:8.1f} {r['peak_rss_mib']:9.0f} {r.get('useful_train_gflops', 0):8.1f} "
                   f"{'' if ours else f'{tx:8.2f}':>8s} {'' if ours else f'{ex:7.2f}':>7s}")
-    print("train x / eval x: lorabudget's throughput divided by that baseline's (same run, same data).")
+    print("train x / eval x: lorabudget's throughput divided by that method's (same run, same data).")
     tta = results.get("time_to_accuracy")
     if tta:
         base, ours = tta["baseline"], tta.get("lorabudget", {})
