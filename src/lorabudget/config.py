@@ -221,7 +221,7 @@ class SpeedConfig(_Section):
     fast_dropout: bool = Field(
         True,
         description="On CPUs, draw dropout masks from numpy's SFC64 bits instead of torch's per-element sampler: the "
-        "same keep probability, about 3x cheaper; the encoder's, the head's and the adapters' dropout alike. Not "
+        "same keep probability, about 2x cheaper; the encoder's, the head's and the adapters' dropout alike. Not "
         "with speed.compile, which generates its own.",
     )
     compile: bool = Field(

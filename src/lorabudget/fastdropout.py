@@ -1,12 +1,12 @@
 """Dropout with a cheaper random source, for training on CPUs.
 
 Why by hand: PyTorch's CPU dropout draws its mask element by element from a scalar Bernoulli sampler. On the
-2-core EPYC this project develops on that costs about 16-25 ns per element, as much as the 384x384 matmul whose
-input it masks, and a LoRA recipe masks the input of every adapted layer. Here, numpy's SFC64 bit generator
-yields 16 random bits per element at about 0.3 ns, and comparing them with a threshold gives the same
-Bernoulli(1 - p) keep mask: forward and backward together cost about 3.4x less (measured: 6.3 against 21.7 ns per
-element, 1 thread). Neither torch nor numpy ships a faster CPU dropout; `torch.compile` generates one, but costs
-minutes of compiling on a CPU (docs/benchmarks.md).
+2-core EPYC this project develops on that costs 10-25 ns per element (more when the cores are shared), as much
+as the 384x384 matmul whose input it masks, and a LoRA recipe masks the input of every adapted layer. Here,
+numpy's SFC64 bit generator yields 16 random bits per element at about 0.3 ns, and comparing them with a
+threshold gives the same Bernoulli(1 - p) keep mask: forward and backward together cost 2x less (6.1 against
+12.3 ns per element, 1 thread, `python benchmarks/dropout.py`). Neither torch nor numpy ships a faster CPU
+dropout; `torch.compile` generates one, but costs minutes of compiling on a CPU (docs/benchmarks.md).
 
 The distribution is dropout's: each element kept with probability 1 - p (p rounded to a multiple of 1/65536),
 kept ones scaled by 1 / (1 - p), identity in eval mode. Only the random stream differs from torch's: each call
