@@ -377,7 +377,7 @@ def _table_to_examples(table: _Table, cfg: DataConfig, space: LabelSpace | None,
     if cfg.label_column in table.columns:
         raw = [_as_label_key(v) for v in table.columns[cfg.label_column]]
         for row, v in enumerate(raw):
-            if v == "" or v.lower() in ("none", "nan"):
+            if _is_missing(v):
                 raise DataError(f"{table.where(row)}: empty label (column {cfg.label_column!r})")
         if space is None:
             space = _infer_label_space(raw)
@@ -395,11 +395,16 @@ def _table_to_examples(table: _Table, cfg: DataConfig, space: LabelSpace | None,
     return Examples(texts, labels, ids), space
 
 
+def _is_missing(value: str) -> bool:
+    """An empty cell, or what pandas and JSON writers leave for one."""
+    return value == "" or value.lower() in ("none", "nan")
+
+
 def _check_ids(table, ids: list[str], column: str) -> None:
     """A submission keys its rows by ID: an empty or repeated one would make it ambiguous, so say where."""
     first_row: dict[str, int] = {}
     for row, value in enumerate(ids):
-        if value == "" or value.lower() in ("none", "nan"):
+        if _is_missing(value):
             raise DataError(f"{table.where(row)}: empty id (column {column!r})")
         if value in first_row:
             raise DataError(f"{table.where(row)}: id {value!r} (column {column!r}) repeats the one at line "

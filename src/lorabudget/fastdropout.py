@@ -23,20 +23,6 @@ from torch import nn
 _LEVELS = 1 << 16  # 16 random bits per element
 
 
-class _MaskedScale(torch.autograd.Function):
-    """x * mask, where mask already holds 0 or 1 / (1 - p): one multiply forward, one backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(mask)
-        return x * mask
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
-
-
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     """0 with probability p, 1 / (1 - p) otherwise, on the CPU, drawn from 16-bit words of SFC64."""
     n = int(np.prod(shape))
@@ -61,7 +47,7 @@ class FastDropout(nn.Module):
             return x
         if x.device.type != "cpu" or not x.is_floating_point():
             return nn.functional.dropout(x, self.p, True)
-        return _MaskedScale.apply(x, keep_mask(x.shape, self.p, x.dtype))
+        return x * keep_mask(x.shape, self.p, x.dtype)  # autograd keeps the mask alone for backward
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
