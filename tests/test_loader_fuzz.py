@@ -350,3 +350,35 @@ def test_jsonl_loads_exactly_or_is_refused(lines, ascii_only, crlf, bom, gz, val
 def test_random_bytes_never_crash(data, prefix, name, gz):
     with tempfile.TemporaryDirectory() as tmp:
         _check(_write(Path(tmp), name, prefix + data, gz), None)
+
+
+# ---- data.max_train_samples ----------------------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(counts=st.lists(st.integers(2, 40), min_size=2, max_size=6), cap=st.integers(1, 60),
+       split_seed=st.integers(0, 3))
+def test_max_train_samples_keeps_every_class_or_is_refused(counts, cap, split_seed):
+    """A stratified training subset keeps exactly `cap` rows and every class, however rare; fewer rows than
+    classes is a DataError, not a silently smaller label space."""
+    from lorabudget.data import Examples
+
+    labels = [cls for cls, count in enumerate(counts) for _ in range(count)]
+    ex = Examples([f"text {i}" for i in range(len(labels))], labels, [str(i) for i in range(len(labels))])
+    cfg = DataConfig(validation_size=len(counts), split_seed=split_seed, max_train_samples=cap)
+    n_train = len(labels) - len(counts)
+    try:
+        split = split_train_validation(ex, cfg, len(counts))
+    except DataError as exc:
+        assert cap < len(counts) and cap < n_train, f"refused a feasible cap: {exc}"
+        assert "max_train_samples" in str(exc)
+        return
+    assert len(split.train) == min(cap, n_train)
+    assert set(split.train.labels) == set(range(len(counts))), "a class lost all its training rows"
+    assert set(split.train.ids).isdisjoint(split.validation.ids)
+    uncapped = split_train_validation(ex, cfg.model_copy(update={"max_train_samples": None}), len(counts))
+    assert split.validation.ids == uncapped.validation.ids, "the cap moved the validation split"
+    whole = uncapped.train
+    assert set(split.train.ids) <= set(whole.ids)
+    for cls in range(len(counts)):  # still stratified: each class within 2 rows of its exact share
+        share = len(split.train) * whole.labels.count(cls) / len(whole)
+        assert abs(split.train.labels.count(cls) - share) < 2, (cls, counts, cap)

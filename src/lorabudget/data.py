@@ -518,15 +518,20 @@ def load_source(cfg: DataConfig, source: str | None = None, *, labels: LabelSpac
 # ---- the validation split --------------------------------------------------------------------------------
 
 def _stratified_take(labels: np.ndarray, n_take: int, rng: np.random.Generator,
-                     leave_per_class: int = 0) -> np.ndarray:
+                     leave_per_class: int = 0, take_per_class: int = 0) -> np.ndarray:
     """Indices of a stratified sample of n_take rows: per-class shares by largest remainder, rows at random.
 
     At most `count - leave_per_class` rows are taken from a class: the validation split leaves every class at
-    least one training row, which plain largest remainder does not (a 1-row class can win a remainder)."""
+    least one training row, which plain largest remainder does not (a 1-row class can win a remainder). At least
+    `take_per_class` rows are taken from each class (the caller checks that n_take allows it): a training subset
+    keeps every class, where plain largest remainder would drop a rare one."""
     classes, counts = np.unique(labels, return_counts=True)
     room = counts - leave_per_class
     exact = n_take * counts / counts.sum()
-    take = np.minimum(np.floor(exact).astype(int), room)
+    floor = np.minimum(take_per_class, room)
+    take = np.maximum(np.minimum(np.floor(exact).astype(int), room), floor)
+    while take.sum() > n_take:  # the floor overshot: one row back from the smallest remainder above the floor
+        take[np.argmin(np.where(take > floor, exact - take, np.inf))] -= 1
     while take.sum() < n_take:  # one more row to the largest remainder among classes with room left
         take[np.argmax(np.where(take < room, exact - take, -np.inf))] += 1
     chosen = []
@@ -569,7 +574,10 @@ def split_train_validation(examples: Examples, cfg: DataConfig, n_classes: int,
     train_mask[val_idx] = False
     train_idx = np.flatnonzero(train_mask)
     if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_idx):
-        keep = _stratified_take(labels[train_idx], cfg.max_train_samples, rng)
+        if cfg.max_train_samples < len(present):
+            raise DataError(f"{source}: data.max_train_samples={cfg.max_train_samples} keeps fewer training rows "
+                            f"than there are classes ({len(present)}): every class needs at least one")
+        keep = _stratified_take(labels[train_idx], cfg.max_train_samples, rng, take_per_class=1)
         train_idx = train_idx[keep]
     validation = examples.subset(val_idx.tolist())
     return Split(examples.subset(train_idx.tolist()), validation, validation_hash(validation.ids))
