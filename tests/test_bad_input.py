@@ -169,6 +169,12 @@ CASES = {
     "layers-out-of-range": Case(
         lambda c: c.train("--set", "adapter.layers=[0,7]"),
         ("adapter.layers", "[7] out of range", "2 encoder layers")),
+    "layers-unknown-spec": Case(
+        lambda c: c.train("--set", "adapter.layers=bottom-half"),
+        ("adapter.layers", "'bottom-half'", "'top-half'")),
+    "layers-top-more-than-the-model": Case(
+        lambda c: c.train("--set", "adapter.layers=top-3"),
+        ("adapter.layers", "'top-3'", "3 layers", "has 2")),
     "rank-zero": Case(
         lambda c: c.train("--set", "adapter.r=0"),
         ("adapter.r", "greater than 0", "got 0")),

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorabudget import planner
-from lorabudget.adapters import add_adapters
+from lorabudget.adapters import add_adapters, layer_indices
 from lorabudget.cli import main
 from lorabudget.config import build_config
 from lorabudget.pipeline import planned_breakdown
@@ -63,6 +63,23 @@ def test_published_figures_by_arithmetic_and_built_model(name, roberta_base):
     assert counts.groups == dict(built.groups) and counts.layers == built.layers
 
 
+@pytest.mark.parametrize(("spec", "n_layers", "expected"), [
+    ("top-half", 12, list(range(6, 12))), ("top-half", 6, [3, 4, 5]), ("top-half", 5, [2, 3, 4]),
+    ("top-half", 1, [0]), ("top-3", 12, [9, 10, 11]), ("top-12", 12, list(range(12))), (None, 3, [0, 1, 2]),
+    ([0, 5], 12, [0, 5]),
+])
+def test_relative_layers_resolve_by_depth(spec, n_layers, expected):
+    assert layer_indices(spec, n_layers) == expected
+
+
+def test_top_half_counts_the_same_as_its_indices(roberta_base):
+    """The relative form is a spelling, not another recipe: same targets, same count, arithmetic = built."""
+    by_name = config("roberta-base", {"r": 12, "layers": "top-half"}, {"type": "linear"})
+    by_index = config("roberta-base", {"r": 12, "layers": list(range(6, 12))}, {"type": "linear"})
+    assert arithmetic(by_name, roberta_base).total == planned_breakdown(by_name, 4).total \
+        == planned_breakdown(by_index, 4).total == 998_404
+
+
 @pytest.mark.parametrize("init", ["default", "gaussian", "pissa", "olora"])
 def test_count_does_not_depend_on_init(init, roberta_base):
     cfg = config("roberta-base", {"r": 8, "target_modules": ["query", "value"], "init": init})
@@ -102,13 +119,14 @@ TARGET_NAMES = ["query", "key", "value", "dense", "self.query", "attention.self.
 @st.composite
 def adapter_and_head(draw, family: str):
     targets = draw(st.lists(st.sampled_from(TARGET_NAMES), min_size=1, max_size=4, unique=True))
-    layers = draw(st.none() | st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True))
+    layers = draw(st.none() | st.sampled_from(["top-half", "top-1", "top-2"])
+                  | st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True))
     # rank_pattern keys: a target name, or the full name of an adapted module (the first matching key wins).
     # A target names the module of exactly its name where there is one, else those it is a dotted suffix of.
     def named(t):
         return [t] if t in planner.LINEARS else [lin for lin in planner.LINEARS if lin.endswith("." + t)]
     hits = sorted({lin for t in targets for lin in named(t)})
-    full = [f"{family}.encoder.layer.{i}.{lin}" for i in (layers or [0, 1]) for lin in hits]
+    full = [f"{family}.encoder.layer.{i}.{lin}" for i in layer_indices(layers, 2) for lin in hits]
     pattern = draw(st.dictionaries(st.sampled_from(targets + full), st.integers(1, 9), max_size=3))
     adapter = {"r": draw(st.integers(1, 9)), "target_modules": targets, "layers": layers, "rank_pattern": pattern,
                "bias": draw(st.sampled_from(["none", "all", "lora_only"])), "use_dora": draw(st.booleans()),

@@ -55,6 +55,19 @@ def _hits(names: tuple[str, ...] | list[str], target: str) -> list[str]:
     return exact or [n for n in names if _matches(n, target)]
 
 
+def layer_indices(spec: list[int] | str | None, n_layers: int) -> list[int]:
+    """adapter.layers as indices: None is every layer; 'top-half' the upper half by depth (n // 2 .. n - 1, so
+    6-11 of 12 and 3-5 of 6); 'top-K' the K top layers. Lists pass through, to be checked by the caller."""
+    if spec is None:
+        return list(range(n_layers))
+    if isinstance(spec, str):
+        count = n_layers - n_layers // 2 if spec == "top-half" else int(spec.removeprefix("top-"))
+        if count > n_layers:
+            raise ModelError(f"adapter.layers: {spec!r} asks for {count} layers; the model has {n_layers}")
+        return list(range(n_layers - count, n_layers))
+    return list(spec)
+
+
 def resolve_targets(layout: EncoderLayout, cfg: AdapterConfig) -> list[str]:
     """Full module names to adapt, in layer order; unknown names and out-of-range layers are errors."""
     valid = ", ".join(layout.linear_names)
@@ -65,7 +78,7 @@ def resolve_targets(layout: EncoderLayout, cfg: AdapterConfig) -> list[str]:
             raise ModelError(f"adapter.target_modules: {target!r} names no linear layer of an encoder layer; "
                              f"valid names: {valid}")
         per_layer.extend(h for h in hits if h not in per_layer)
-    layers = list(range(layout.n_layers)) if cfg.layers is None else list(cfg.layers)
+    layers = layer_indices(cfg.layers, layout.n_layers)
     bad = [i for i in layers if not 0 <= i < layout.n_layers]
     if bad:
         raise ModelError(f"adapter.layers: {bad} out of range; the model has {layout.n_layers} encoder layers "

@@ -6,6 +6,7 @@ for the YAML files in `configs/`; `lorabudget config --help-fields` prints it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +93,8 @@ class DataConfig(_Section):
 
 
 # Every linear layer inside a BERT / roberta encoder layer: attention q, k, v and output, FFN in and out.
+# adapter.layers given relative to the model's depth: 'top-half' or 'top-K'
+RELATIVE_LAYERS = re.compile(r"top-(half|[1-9][0-9]*)")
 ALL_LINEAR = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 
 
@@ -110,9 +113,11 @@ class AdapterConfig(_Section):
         description="Linear layers inside each encoder layer to adapt (default: all six): 'query', 'key', 'value', "
         "'attention.output.dense', 'intermediate.dense', 'output.dense' (suffixes of module names).",
     )
-    layers: list[int] | None = Field(
-        None, description="Encoder layer indices to adapt (0-based); None adapts every layer. Checked against the "
-        "model's layer count."
+    layers: list[int] | str | None = Field(
+        None, description="Encoder layers to adapt: indices (0-based, checked against the model's layer count), "
+        "'top-half' (the upper half by depth: 6-11 of roberta-base's 12, 3-5 of MiniLM's 6), 'top-K' (the K top "
+        "layers), or None for every layer. Relative forms carry a recipe across depths; with nothing trainable "
+        "below them, speed.cache_frozen_prefix computes the layers beneath once.",
     )
     rank_pattern: dict[str, int] = Field(
         default_factory=dict,
@@ -134,6 +139,14 @@ class AdapterConfig(_Section):
     def _targets(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("name at least one module to adapt")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | str | None) -> list[int] | str | None:
+        if isinstance(v, str) and not RELATIVE_LAYERS.fullmatch(v):
+            raise ValueError(f"{v!r} is not a layer list: use indices such as [3, 4, 5], 'top-half' or 'top-K' "
+                             "(K >= 1)")
         return v
 
     @field_validator("rank_pattern")
