@@ -5,7 +5,10 @@
                                  [--report docs/recipes-report]
 
 Each (recipe, seed) trains with `lorabudget train` into OUT/<recipe>/seed-<n>/. Rerunning the command skips the
-finished runs and resumes the killed ones, so a long study can be stopped and continued.
+finished runs and resumes the killed ones, so a long study can be stopped and continued. At the end it prints the
+table of every finished run under OUT (mean ± std over seeds) and the issue's criterion: the recommended recipe
+(--recommended, default configs/recommended-minilm.yaml) against every published one with 2 seeds or more.
+Without recipes it only prints those.
 
 Why processes in parallel: on a small CPU, two training processes with one thread each get more done than one
 process with two threads (about 40 against 32 samples/s for MiniLM on 2 cores): at batch 32 and ~50 tokens the
@@ -73,41 +76,87 @@ def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, fl
     return f"{recipe.stem} seed {seed}", rc, time.perf_counter() - started
 
 
-def summary_table(out: Path) -> str:
-    """Markdown: best validation accuracy as mean and sample std over seeds, for each group of finished runs
-    under `out` that differ only by seed (as `lorabudget report` groups them): one recipe may have runs in
-    two folders (an exploration run and the recommended preset's, say)."""
-    import statistics
-
+def finished_groups(out: Path) -> list[tuple[str, dict, list[dict]]]:
+    """The finished runs under `out`, grouped when they differ only by seed (as `lorabudget report` groups them):
+    one recipe may have runs in two folders (an exploration run and the recommended preset's, say). Each group:
+    its folder names joined by ' = ', its settings, and its runs' summaries."""
     from lorabudget.config import effective_settings, load_config
 
-    groups: dict[str, list[tuple[str, dict]]] = {}
+    groups: dict[str, tuple[list[str], dict, list[dict]]] = {}
     for run in sorted(out.glob("*/seed-*")):
         if run_state(run) != "finished":
             continue
         settings = effective_settings(load_config(run / "config.yaml"))
         for key in ("seed", "output_dir", "logging"):
             settings.pop(key)
-        key = json.dumps(settings, sort_keys=True)
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        groups.setdefault(key, []).append((run.parent.name, summary))
+        names, _, summaries = groups.setdefault(json.dumps(settings, sort_keys=True), ([], settings, []))
+        names.append(run.parent.name)
+        summaries.append(json.loads((run / "summary.json").read_text(encoding="utf-8")))
+    return [(" = ".join(dict.fromkeys(names)), settings, summaries) for names, settings, summaries in groups.values()]
+
+
+def _accuracies(summaries: list[dict]) -> list[float]:
+    return [100 * s["best"]["accuracy"] for s in summaries]
+
+
+def summary_table(out: Path) -> str:
+    """Markdown: best validation accuracy as mean and sample std over seeds, for each group of finished runs."""
+    import statistics
+
     rows = []
-    for runs in groups.values():
-        accs = [s["best"]["accuracy"] for _, s in runs]
-        std = f"{100 * statistics.stdev(accs):.2f}" if len(accs) > 1 else "-"
-        minutes = statistics.mean(s["train_seconds"] for _, s in runs) / 60
-        names = " = ".join(dict.fromkeys(name for name, _ in runs))
-        rows.append((statistics.mean(accs), f"| {names} | {runs[0][1]['trainable_params']:,} | "
-                     f"{100 * statistics.mean(accs):.2f} ± {std} | {len(accs)} | "
-                     f"{' / '.join(f'{100 * a:.1f}' for a in accs)} | {minutes:.1f} min |"))
+    for names, _, runs in finished_groups(out):
+        accs = _accuracies(runs)
+        std = f"{statistics.stdev(accs):.2f}" if len(accs) > 1 else "-"
+        minutes = statistics.mean(s["train_seconds"] for s in runs) / 60
+        rows.append((statistics.mean(accs), f"| {names} | {runs[0]['trainable_params']:,} | "
+                     f"{statistics.mean(accs):.2f} ± {std} | {len(accs)} | "
+                     f"{' / '.join(f'{a:.1f}' for a in accs)} | {minutes:.1f} min |"))
     head = ("| recipe | trainable | best val. accuracy % (mean ± std) | seeds | per seed | train time (1 thread) |\n"
             "|---|---:|---:|---:|---|---:|")
     return "\n".join([head, *(line for _, line in sorted(rows, reverse=True))])
 
 
+def criterion(out: Path, recommended: Path) -> str:
+    """The issue's test, from the run directories: the recommended recipe's mean over seeds beats each published
+    recipe's mean (every group with 'published' in a folder name and at least 2 seeds) by more than twice the
+    larger of the two standard deviations. The recommended group is the one trained with `recommended`'s
+    settings, whatever its folder is called."""
+    import statistics
+
+    from lorabudget.config import effective_settings, load_config
+
+    groups = finished_groups(out)
+    wanted = None
+    for _, settings, _ in groups:  # the study trains on a local path; the preset names the Hub dataset
+        wanted = effective_settings(load_config(recommended, [f"data.source={settings['data']['source']}"]))
+        for key in ("seed", "output_dir", "logging"):
+            wanted.pop(key)
+        break
+    mine = [(names, runs) for names, settings, runs in groups if settings == wanted]
+    if not mine or len(mine[0][1]) < 2:
+        return f"criterion: fewer than 2 finished runs of {recommended.name} under {out}"
+    names, runs = mine[0]
+    accs = _accuracies(runs)
+    mean, std = statistics.mean(accs), statistics.stdev(accs)
+    lines = [f"{recommended.name} ({names}): {mean:.2f} ± {std:.2f} (n={len(accs)})"]
+    held = True
+    for other, _, other_runs in sorted(groups, key=lambda g: -statistics.mean(_accuracies(g[2]))):
+        theirs = _accuracies(other_runs)
+        if "published" not in other or len(theirs) < 2:
+            continue
+        margin, needed = mean - statistics.mean(theirs), 2 * max(std, statistics.stdev(theirs))
+        held &= margin > needed
+        lines.append(f"  against {other} (n={len(theirs)}, {statistics.mean(theirs):.2f} ± "
+                     f"{statistics.stdev(theirs):.2f}): margin {margin:.2f} points, needed > {needed:.2f}: "
+                     f"{'met' if margin > needed else 'NOT met'}")
+    lines.append("the criterion holds against every published recipe" if held else
+                 "the criterion does NOT hold against every published recipe")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("recipes", nargs="+", type=Path, help="recipe configs (YAML)")
+    parser.add_argument("recipes", nargs="*", type=Path, help="recipe configs (YAML); none: only print the table")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "recipes")
@@ -115,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every recipe, e.g. optim.max_steps=300")
     parser.add_argument("--report", type=Path, default=None, help="write `lorabudget report` here at the end")
+    parser.add_argument("--recommended", type=Path, default=ROOT / "configs" / "recommended-minilm.yaml",
+                        help="the recipe the criterion tests against the published ones")
     args = parser.parse_args(argv)
     # the trainings run in the project root: paths given relative to the caller's folder are resolved first
     args.recipes = [r.resolve() for r in args.recipes]
@@ -131,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             failed += rc != 0
             print(f"{name}: {'ok' if rc == 0 else f'exit {rc}'} ({seconds / 60:.1f} min)", flush=True)
     print(summary_table(args.out))
+    print(criterion(args.out, args.recommended.resolve()))
     if args.report:
         rc = subprocess.call([*LORABUDGET, "report", str(args.out), "--out", str(args.report)], cwd=ROOT)
         failed += rc != 0
