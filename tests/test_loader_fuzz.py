@@ -352,6 +352,24 @@ def test_random_bytes_never_crash(data, prefix, name, gz):
         _check(_write(Path(tmp), name, prefix + data, gz), None)
 
 
+def test_classic_layout_names_its_columns(tmp_path):
+    """title and description are columns of their own, so data.text_column can choose; 'text' joins them."""
+    (tmp_path / "classes.txt").write_text("World\nSports\n", encoding="utf-8")
+    path = _write(tmp_path, "train.csv", b'"1","Stocks rally","Markets rose."\n"2","","Team wins."\n', gz=False)
+    joined = load_source(DataConfig(source=str(path))).splits["train"]
+    assert joined.texts == ["Stocks rally Markets rose.", "Team wins."]
+    alone = load_source(DataConfig(source=str(path), text_column="description")).splits["train"]
+    assert alone.texts == ["Markets rose.", "Team wins."] and alone.labels == joined.labels == [0, 1]
+    rebuilt = DataConfig(source=str(path), text_column="description", title_column="title")
+    assert load_source(rebuilt).splits["train"].texts == joined.texts
+    try:
+        load_source(DataConfig(source=str(path), text_column="body"))
+    except DataError as exc:
+        assert "'body'" in str(exc) and "'description'" in str(exc)
+    else:
+        raise AssertionError("an unknown text column loaded")
+
+
 # ---- data.max_train_samples ----------------------------------------------------------------------------------
 
 @settings(max_examples=200, deadline=None)

@@ -51,7 +51,10 @@ class DataConfig(_Section):
     format: Literal["auto", "hub", "ag_news_csv", "csv", "tsv", "jsonl", "parquet", "pickle"] = Field(
         "auto", description="How to read `source`; 'auto' decides from the path and the file's first row."
     )
-    text_column: str = Field("text", description="Column holding the text (csv / tsv / jsonl / parquet / hub).")
+    text_column: str = Field(
+        "text", description="Column holding the text. The classic headerless AG News layout names its columns "
+        "label, title, description, and text (title and description joined)."
+    )
     title_column: str | None = Field(
         None, description="Optional column joined before the text with a space (AG News' title)."
     )

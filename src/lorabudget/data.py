@@ -185,22 +185,29 @@ def _read_classes_txt(folder: Path) -> list[str] | None:
 
 
 def _read_classic_ag_news(path: Path) -> _Table:
-    """The headerless `"label","title","description"` layout of the original ag_news_csv release."""
+    """The headerless `"label","title","description"` layout of the original ag_news_csv release.
+
+    Its columns are named `label`, `title` and `description`, plus `text`: title and description joined, as the
+    Hub's ag_news writes its text, and what the default `data.text_column` reads. `data.text_column:
+    description` reads the descriptions alone."""
     rows = _csv_rows(path, _read_all_text(path), ",")
-    labels, texts, lines = [], [], []
+    labels, texts, titles, descriptions, lines = [], [], [], [], []
     for line, row in rows:
         if len(row) != 3:
             raise DataError(f"{path}, line {line}: {len(row)} fields, expected 3 (label, title, description)")
         label, title, description = (part.replace("\\n", " ").strip() for part in row)
         # Later rows of the shared subset carry an empty title and the joined text in the description.
         texts.append(" ".join(part for part in (title, description) if part))
+        titles.append(title)
+        descriptions.append(description)
         labels.append(label)
         lines.append(line)
     names = _read_classes_txt(path.parent)
     space = None
     if names is not None:
         space = LabelSpace(names, [str(i + 1) for i in range(len(names))])
-    return _Table(str(path), {"label": labels, "text": texts}, lines, space)
+    columns = {"label": labels, "text": texts, "title": titles, "description": descriptions}
+    return _Table(str(path), columns, lines, space)
 
 
 def _looks_classic(path: Path, cfg: DataConfig) -> bool:
