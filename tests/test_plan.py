@@ -68,7 +68,7 @@ def test_published_figures_by_arithmetic_and_built_model(name, roberta_base):
 @pytest.mark.parametrize(("spec", "n_layers", "expected"), [
     ("top-half", 12, list(range(6, 12))), ("top-half", 6, [3, 4, 5]), ("top-half", 5, [2, 3, 4]),
     ("top-half", 1, [0]), ("top-3", 12, [9, 10, 11]), ("top-12", 12, list(range(12))), (None, 3, [0, 1, 2]),
-    ([0, 5], 12, [0, 5]),
+    ([0, 5], 12, [0, 5]), ("all", 2, [0, 1]),
 ])
 def test_relative_layers_resolve_by_depth(spec, n_layers, expected):
     assert layer_indices(spec, n_layers) == expected

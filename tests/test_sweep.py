@@ -174,3 +174,29 @@ def test_space_file_is_checked():
                                     "adapter.target_modules": "[value]", "head.type": "default"}
     with pytest.raises(ConfigError, match="not among the space's choices"):
         space.params_of({**raw, "adapter": {"r": 16, "alpha": 16, "target_modules": ["value"]}})
+
+
+def test_enqueued_config_reads_layers_as_the_config_does(tmp_path):
+    """`layers: all` in an enqueued file is every layer: the space's null choice (or its 'all', the same)."""
+    from lorabudget.config import Config
+    from lorabudget.errors import ConfigError
+    from lorabudget.sweep import Space, _enqueue
+
+    class Study:
+        def __init__(self):
+            self.enqueued = []
+
+        def enqueue_trial(self, params, user_attrs, skip_if_exists):
+            self.enqueued.append(params)
+
+    every, top = tmp_path / "every.yaml", tmp_path / "top.yaml"
+    every.write_text("adapter: {layers: all}\n")
+    top.write_text("adapter: {layers: top-half}\n")
+    base = Config().model_dump(mode="json")
+    for choices in ([None, "top-half"], ["all", "top-half"]):
+        study = Study()
+        space = Space.parse({"params": {"adapter.layers": {"choices": choices}}})
+        _enqueue(study, space, base, [str(every), str(top)])
+        assert study.enqueued == [{"adapter.layers": None}, {"adapter.layers": "top-half"}]
+    with pytest.raises(ConfigError, match="choices repeat"):
+        Space.parse({"params": {"adapter.layers": {"choices": [None, "all"]}}})

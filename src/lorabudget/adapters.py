@@ -58,7 +58,7 @@ def _hits(names: tuple[str, ...] | list[str], target: str) -> list[str]:
 def layer_indices(spec: list[int] | str | None, n_layers: int) -> list[int]:
     """adapter.layers as indices: None is every layer; 'top-half' the upper half by depth (n // 2 .. n - 1, so
     6-11 of 12 and 3-5 of 6); 'top-K' the K top layers. Lists pass through, to be checked by the caller."""
-    if spec is None:
+    if spec is None or spec == "all":
         return list(range(n_layers))
     if isinstance(spec, str):
         count = n_layers - n_layers // 2 if spec == "top-half" else int(spec.removeprefix("top-"))

@@ -181,6 +181,8 @@ def _parse_param(key: str, spec: Any, origin: str) -> Param:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: a categorical parameter needs a non-empty list of choices")
+        if key == "adapter.layers":  # 'all' and null both mean every layer: one choice, as the config reads it
+            choices = [None if c == "all" else c for c in choices]
         labels = [_label(c) for c in choices]
         if len(set(map(repr, labels))) != len(labels):
             raise ConfigError(f"{where}: choices repeat")
@@ -545,6 +547,8 @@ def _enqueue(study, space: Space, base_raw: dict, paths: list[str]) -> list[str]
         raw = copy.deepcopy(base_raw)
         _deep_update(raw, read_yaml(path))
         try:
+            # validated first, so a field reads as the config means it (`layers: all` is every layer, None)
+            raw = build_config(raw, origin=str(path)).model_dump(mode="json")
             params = space.params_of(raw)
         except ConfigError as exc:
             raise ConfigError(f"--enqueue {path}: {exc}") from None
