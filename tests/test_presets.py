@@ -77,7 +77,7 @@ def test_defaults_are_the_recommended_roberta_base_recipe():
 
 def test_the_roberta_default_is_the_minilm_recipe_by_the_stated_rule():
     """docs/recipes.md: the same module types on the same share of the depth (the top half), alpha / r, lr,
-    schedule, warmup share and epochs; the head of the same small share; the largest rank under the budget."""
+    schedule, warmup share and epochs; the cheapest head; the largest rank under the budget."""
     from lorabudget.adapters import layer_indices
     from lorabudget.config import Config, build_config
 
