@@ -186,7 +186,7 @@ class OptimConfig(_Section):
     )
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Warmup as a fraction of all optimizer steps.")
     warmup_steps: int | None = Field(None, ge=0, description="Warmup in optimizer steps; overrides warmup_ratio.")
-    epochs: float = Field(2.0, gt=0, description="Passes over the training split (fractions allowed).")
+    epochs: float = Field(4.0, gt=0, description="Passes over the training split (fractions allowed).")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
     batch_size: int = Field(32, gt=0, description="Examples per micro-batch on each process.")
     grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
