@@ -80,3 +80,12 @@ def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
     assert str(killed) in left_out and "not finished" in left_out
     assert "e" not in [r[1] for r in rows]
     assert "## Best run:" in md and "| class | precision | recall | F1 | support |" in md
+
+
+def test_seed_groups_are_labelled_by_their_folder():
+    from lorabudget.report import group_label
+
+    assert group_label(["recipes/a/seed-1", "recipes/a/seed-2", "recipes/a/seed-3"]) == "recipes/a (3 seeds)"
+    assert group_label(["a/seed-1", "b/seed-2"]) == "a/seed-1, b/seed-2"  # two folders: both named
+    assert group_label(["x"]) == "x"
+    assert group_label(["r1", "r2", "r3", "r4"]) == "r1 +3"

@@ -500,6 +500,16 @@ def render_html(blocks: list, title: str) -> str:
 
 # ---- sections ----------------------------------------------------------------------------------------------
 
+def group_label(names: list[str]) -> str:
+    """A short name for runs that differ only by seed, for labels on a plot: their shared folder when they sit in
+    one ('study/recipe/seed-1', 'study/recipe/seed-2' -> 'study/recipe (2 seeds)'), else the names themselves."""
+    if len(names) > 1 and all("/" in n for n in names):
+        parents = {n.rsplit("/", 1)[0] for n in names}
+        if len(parents) == 1:
+            return f"{parents.pop()} ({len(names)} seeds)"
+    return ", ".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1}"
+
+
 def leaderboard(groups: list[Group], keys: list[str]) -> tuple[Table, list[str]]:
     short = short_keys(keys)
     rows, names = [], []
@@ -511,8 +521,7 @@ def leaderboard(groups: list[Group], keys: list[str]) -> tuple[Table, list[str]]
             acc = f"{g.mean:.4f} ± {g.std:.4f} (n={len(g.runs)})"
         else:
             acc = f"{g.mean:.4f}"
-        names.append(", ".join(r.name for r in g.runs) if len(g.runs) <= 3
-                     else f"{first.name} +{len(g.runs) - 1}")
+        names.append(group_label([r.name for r in g.runs]))
         notes = sorted({r.note for r in g.runs if r.note})
         trainable = f"{first.summary.get('trainable_params', 0):,}"
         rows.append([str(i), name, describe(first, keys, short), trainable, acc, f"{g.mean_of('steps'):.0f}",
