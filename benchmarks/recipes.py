@@ -76,19 +76,27 @@ def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, fl
     return f"{recipe.stem} seed {seed}", rc, time.perf_counter() - started
 
 
+def compared_settings(cfg) -> dict:
+    """What makes two runs the same recipe: the effective settings without seed, output folder and logging."""
+    from lorabudget.config import effective_settings
+
+    settings = effective_settings(cfg)
+    for key in ("seed", "output_dir", "logging"):
+        settings.pop(key)
+    return settings
+
+
 def finished_groups(out: Path) -> list[tuple[str, dict, list[dict]]]:
     """The finished runs under `out`, grouped when they differ only by seed (as `lorabudget report` groups them):
     one recipe may have runs in two folders (an exploration run and the recommended preset's, say). Each group:
     its folder names joined by ' = ', its settings, and its runs' summaries."""
-    from lorabudget.config import effective_settings, load_config
+    from lorabudget.config import load_config
 
     groups: dict[str, tuple[list[str], dict, list[dict]]] = {}
     for run in sorted(out.glob("*/seed-*")):
         if run_state(run) != "finished":
             continue
-        settings = effective_settings(load_config(run / "config.yaml"))
-        for key in ("seed", "output_dir", "logging"):
-            settings.pop(key)
+        settings = compared_settings(load_config(run / "config.yaml"))
         names, _, summaries = groups.setdefault(json.dumps(settings, sort_keys=True), ([], settings, []))
         names.append(run.parent.name)
         summaries.append(json.loads((run / "summary.json").read_text(encoding="utf-8")))
@@ -124,15 +132,13 @@ def criterion(out: Path, recommended: Path) -> str:
     (optimizer steps) as the recommended ones, the fair comparison, and for those of another length."""
     import statistics
 
-    from lorabudget.config import effective_settings, load_config
+    from lorabudget.config import load_config
 
     groups = finished_groups(out)
-    wanted = None
-    for _, settings, _ in groups:  # the study trains on a local path; the preset names the Hub dataset
-        wanted = effective_settings(load_config(recommended, [f"data.source={settings['data']['source']}"]))
-        for key in ("seed", "output_dir", "logging"):
-            wanted.pop(key)
-        break
+    if not groups:
+        return f"criterion: no finished runs under {out}"
+    # the study trains on a local path; the preset names the Hub dataset
+    wanted = compared_settings(load_config(recommended, [f"data.source={groups[0][1]['data']['source']}"]))
     mine = [(names, runs) for names, settings, runs in groups if settings == wanted]
     if not mine or len(mine[0][1]) < 2:
         return f"criterion: fewer than 2 finished runs of {recommended.name} under {out}"
