@@ -15,7 +15,14 @@ from lorabudget.cli import main
 from lorabudget.config import AdapterConfig
 from lorabudget.inference import forward_logits, ordered, predict_logits
 from lorabudget.models import load_pretrained, load_tokenizer
-from lorabudget.prefix import compute_states, encoder_model, frozen_prefix_length, layers_from
+from lorabudget.prefix import (
+    choose_storage,
+    compute_states,
+    encoder_model,
+    frozen_prefix_length,
+    layers_from,
+    states_nbytes,
+)
 
 
 @pytest.mark.parametrize("head", ["default", "linear", "pooler"])
@@ -68,6 +75,40 @@ def test_states_on_disk_equal_states_in_memory_and_leave_no_file(tiny_bert, tmp_
     assert list((tmp_path / "prefix").iterdir()) == []
 
 
+def test_states_nbytes_predicts_what_compute_states_stores(tiny_bert):
+    model = load_pretrained(str(tiny_bert), ["a", "b"])
+    model, _, _ = add_adapters(model, AdapterConfig(r=2, layers=[1]), "default")
+    tok = load_tokenizer(str(tiny_bert))
+    parts = [tokenize([t for t, _ in make_texts(n, seed=n)], None, tok, 32, use_cache=False, progress=False)
+             for n in (20, 7)]
+    stored = sum(compute_states(model, d, 1, pad_id=tok.pad_token_id, device=torch.device("cpu")).nbytes()
+                 for d in parts)
+    assert states_nbytes(parts, model.config.hidden_size) == stored > 0
+
+
+def test_auto_storage_keeps_the_states_in_ram_only_when_they_take_at_most_half_of_it():
+    gib = 2**30
+    assert choose_storage("auto", 4 * gib, 8 * gib) == "memory"
+    assert choose_storage("auto", 4 * gib + 1, 8 * gib) == "disk"
+    assert choose_storage("auto", 3 * gib, 8 * gib, processes=2) == "disk"  # each process holds a copy
+    # an explicit choice is the user's, whatever the machine has
+    assert choose_storage("memory", 10 * gib, 1 * gib) == "memory"
+    assert choose_storage("disk", 1, 100 * gib) == "disk"
+
+
+@pytest.mark.parametrize("available_gib, expected", [(64, "memory"), (0, "disk")])
+def test_auto_storage_in_a_run_follows_the_memory_available(tiny_roberta, easy_csv, tmp_path, monkeypatch,
+                                                             available_gib, expected):
+    monkeypatch.setattr("lorabudget.engine.available_memory", lambda: available_gib * 2**30)
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"layers": [1]}, speed={"prefix_cache_storage": "auto"},
+                      optim={"max_steps": 4}, eval={"every_steps": 4})
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frozen_prefix_cached_layers"] == 1
+    assert summary["prefix_cache_storage"] == expected
+
+
 @pytest.mark.parametrize("storage", ["memory", "disk"])
 def test_training_with_and_without_the_cache_agree(tiny_roberta, easy_csv, tmp_path, storage):
     results = {}
@@ -80,6 +121,8 @@ def test_training_with_and_without_the_cache_agree(tiny_roberta, easy_csv, tmp_p
         results[cache] = json.loads((out / "summary.json").read_text())
     assert results[True]["frozen_prefix_cached_layers"] == 1
     assert results[False]["frozen_prefix_cached_layers"] == 0
+    assert results[True]["prefix_cache_storage"] == storage
+    assert results[False]["prefix_cache_storage"] is None
     a, b = results[True]["final"], results[False]["final"]
     # the states are stored in fp16: the runs differ by rounding, not by what they learn
     assert abs(a["loss"] - b["loss"]) < 0.02, (a, b)

@@ -229,10 +229,11 @@ class SpeedConfig(_Section):
         description="When nothing below encoder layer k trains (adapters on the top layers only), compute layers "
         "0..k-1 once per text (eval mode: their dropout is off) and train on the stored states (fp16).",
     )
-    prefix_cache_storage: Literal["memory", "disk"] = Field(
-        "memory",
-        description="Where the cached states live: 'memory', or 'disk' (a memory-mapped file under LORABUDGET_CACHE, "
-        "deleted when the run ends) for training sets whose states do not fit in RAM (~2 bytes x hidden per token).",
+    prefix_cache_storage: Literal["auto", "memory", "disk"] = Field(
+        "auto",
+        description="Where the cached states live (~2 bytes x hidden per token): 'memory'; 'disk', a memory-mapped "
+        "file under LORABUDGET_CACHE, deleted when the run ends, for training sets whose states do not fit in RAM; "
+        "'auto', memory when they take at most half of the RAM available as caching starts, else disk.",
     )
     fast_dropout: bool = Field(
         True,

@@ -9,6 +9,7 @@ schedule, log, evaluate, checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -32,7 +33,15 @@ from .inference import ordered, predict_logits
 from .metrics import classification_scores
 from .models import load_tokenizer
 from .pipeline import AdaptedModel, TrainingData, build_adapted_model, hold_frozen_in, load_training_data
-from .prefix import compute_states, encoder_model, frozen_prefix_length, layers_from
+from .prefix import (
+    available_memory,
+    choose_storage,
+    compute_states,
+    encoder_model,
+    frozen_prefix_length,
+    layers_from,
+    states_nbytes,
+)
 from .rundir import RunDir, atomic_write_json, atomic_write_text
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -181,6 +190,7 @@ class TrainingRecipe:
         model.to(self.device)
         self.inner = encoder_model(model)
         self.prefix = frozen_prefix_length(model) if cfg.speed.cache_frozen_prefix else 0
+        self.cache_storage: str | None = None  # 'memory' or 'disk', decided when the states are computed
         # Not under torch.compile: it generates a fast dropout itself, and numpy calls would break its graph.
         will_compile = cfg.speed.compile and not self.prefix
         self.fast_dropouts = (use_fast_dropout(model) if cfg.speed.fast_dropout and self.device.type == "cpu"
@@ -320,7 +330,16 @@ class TrainingRecipe:
     def _cache_prefix(self) -> None:
         progress = self.cfg.logging.progress and self.main
         model = self.accelerator.unwrap_model(self.model)
-        on_disk = cache_dir() / "prefix" if self.cfg.speed.prefix_cache_storage == "disk" else None
+        need = states_nbytes([self.train_data, self.val_data], self.inner.config.hidden_size)
+        available = available_memory()
+        # every process on this machine holds its own copy (launchers set LOCAL_WORLD_SIZE)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        self.cache_storage = choose_storage(self.cfg.speed.prefix_cache_storage, need, available, local)
+        if self.main and self.cfg.speed.prefix_cache_storage == "auto" and self.cache_storage == "disk":
+            tqdm.write(f"the cached states take {need / 2**30:,.1f} GiB, more than half of the "
+                       f"{available / 2**30:,.1f} GiB of RAM available: they go to a memory-mapped file under "
+                       f"{cache_dir()} (speed.prefix_cache_storage=memory keeps them in RAM)")
+        on_disk = cache_dir() / "prefix" if self.cache_storage == "disk" else None
         kwargs = dict(pad_id=self.pad_id, device=self.device, progress=progress, on_disk=on_disk,
                       autocast=self._autocast if self.autocast_dtype is not None else None)
         self.train_source = compute_states(model, self.train_data, self.prefix, **kwargs)
@@ -415,6 +434,7 @@ class TrainingRecipe:
                 "train_samples": st.samples,
                 "num_processes": self.world,
                 "frozen_prefix_cached_layers": self.prefix,
+                "prefix_cache_storage": self.cache_storage,
                 "compiled": self.compiled,
                 "fast_dropout_modules": self.fast_dropouts,
                 "threads": torch.get_num_threads(),

@@ -136,6 +136,30 @@ def compute_states(model: nn.Module, data: Tokenized, stop: int, *, pad_id: int,
     return CachedStates(flat, offsets, data)
 
 
+def states_nbytes(datasets: list[Tokenized], hidden_size: int, storage: torch.dtype = torch.float16) -> int:
+    """What compute_states will store for these datasets: one row of `hidden_size` per real token."""
+    tokens = sum(int(d.lengths.sum()) for d in datasets)
+    return tokens * hidden_size * torch.empty((), dtype=storage).element_size()
+
+
+def available_memory() -> int:
+    """Bytes of RAM the OS could give now without swapping (psutil, which accelerate depends on, reads it
+    portably: MemAvailable on Linux, free + inactive on macOS)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def choose_storage(setting: str, need: int, available: int, processes: int = 1) -> str:
+    """'memory' or 'disk' for `prefix_cache_storage`. 'auto' keeps the states in RAM when the copies of every
+    process on this machine take at most half of what is available: the other half is left for the model,
+    activations and the rest of the system. The roberta-base default on the Hub's AG News needs about 10 GB,
+    more than half of a 16 GB laptop or a notebook VM, where an out-of-memory kill would lose the run."""
+    if setting != "auto":
+        return setting
+    return "memory" if need * max(1, processes) <= available // 2 else "disk"
+
+
 def disk_tensor(shape: tuple[int, int], dtype: torch.dtype, folder: Path) -> torch.Tensor:
     """An uninitialised tensor backed by a memory-mapped file in `folder`. The file is unlinked at once: the
     mapping keeps it alive, and the space returns to the disk when the tensor goes, even if the run is killed."""
