@@ -9,20 +9,14 @@ import pytest
 import torch
 from conftest import make_texts, tiny_config, write_config
 
+from lorabudget import prefix
 from lorabudget.adapters import add_adapters
 from lorabudget.batching import TokenBatches, tokenize
 from lorabudget.cli import main
 from lorabudget.config import AdapterConfig
 from lorabudget.inference import forward_logits, ordered, predict_logits
 from lorabudget.models import load_pretrained, load_tokenizer
-from lorabudget.prefix import (
-    choose_storage,
-    compute_states,
-    encoder_model,
-    frozen_prefix_length,
-    layers_from,
-    states_nbytes,
-)
+from lorabudget.prefix import compute_states, encoder_model, frozen_prefix_length, layers_from
 
 
 @pytest.mark.parametrize("head", ["default", "linear", "pooler"])
@@ -83,23 +77,23 @@ def test_states_nbytes_predicts_what_compute_states_stores(tiny_bert):
              for n in (20, 7)]
     stored = sum(compute_states(model, d, 1, pad_id=tok.pad_token_id, device=torch.device("cpu")).nbytes()
                  for d in parts)
-    assert states_nbytes(parts, model.config.hidden_size) == stored > 0
+    assert prefix.states_nbytes(parts, model.config.hidden_size) == stored > 0
 
 
 def test_auto_storage_keeps_the_states_in_ram_only_when_they_take_at_most_half_of_it():
     gib = 2**30
-    assert choose_storage("auto", 4 * gib, 8 * gib) == "memory"
-    assert choose_storage("auto", 4 * gib + 1, 8 * gib) == "disk"
-    assert choose_storage("auto", 3 * gib, 8 * gib, processes=2) == "disk"  # each process holds a copy
+    assert prefix.choose_storage("auto", 4 * gib, 8 * gib) == "memory"
+    assert prefix.choose_storage("auto", 4 * gib + 1, 8 * gib) == "disk"
+    assert prefix.choose_storage("auto", 3 * gib, 8 * gib, processes=2) == "disk"  # each process holds a copy
     # an explicit choice is the user's, whatever the machine has
-    assert choose_storage("memory", 10 * gib, 1 * gib) == "memory"
-    assert choose_storage("disk", 1, 100 * gib) == "disk"
+    assert prefix.choose_storage("memory", 10 * gib, 1 * gib) == "memory"
+    assert prefix.choose_storage("disk", 1, 100 * gib) == "disk"
 
 
 @pytest.mark.parametrize("available_gib, expected", [(64, "memory"), (0, "disk")])
 def test_auto_storage_in_a_run_follows_the_memory_available(tiny_roberta, easy_csv, tmp_path, monkeypatch,
                                                              available_gib, expected):
-    monkeypatch.setattr("lorabudget.engine.available_memory", lambda: available_gib * 2**30)
+    monkeypatch.setattr("lorabudget.prefix.available_memory", lambda: available_gib * 2**30)
     out = tmp_path / "run"
     cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"layers": [1]}, speed={"prefix_cache_storage": "auto"},
                       optim={"max_steps": 4}, eval={"every_steps": 4})

@@ -9,7 +9,6 @@ schedule, log, evaluate, checkpoint.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -33,15 +32,7 @@ from .inference import ordered, predict_logits
 from .metrics import classification_scores
 from .models import load_tokenizer
 from .pipeline import AdaptedModel, TrainingData, build_adapted_model, hold_frozen_in, load_training_data
-from .prefix import (
-    available_memory,
-    choose_storage,
-    compute_states,
-    encoder_model,
-    frozen_prefix_length,
-    layers_from,
-    states_nbytes,
-)
+from .prefix import compute_states, decide_storage, encoder_model, frozen_prefix_length, layers_from
 from .rundir import RunDir, atomic_write_json, atomic_write_text
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -330,11 +321,8 @@ class TrainingRecipe:
     def _cache_prefix(self) -> None:
         progress = self.cfg.logging.progress and self.main
         model = self.accelerator.unwrap_model(self.model)
-        need = states_nbytes([self.train_data, self.val_data], self.inner.config.hidden_size)
-        available = available_memory()
-        # every process on this machine holds its own copy (launchers set LOCAL_WORLD_SIZE)
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        self.cache_storage = choose_storage(self.cfg.speed.prefix_cache_storage, need, available, local)
+        self.cache_storage, need, available = decide_storage(
+            self.cfg.speed.prefix_cache_storage, [self.train_data, self.val_data], self.inner.config.hidden_size)
         if self.main and self.cfg.speed.prefix_cache_storage == "auto" and self.cache_storage == "disk":
             tqdm.write(f"the cached states take {need / 2**30:,.1f} GiB, more than half of the "
                        f"{available / 2**30:,.1f} GiB of RAM available: they go to a memory-mapped file under "

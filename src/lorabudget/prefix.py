@@ -160,6 +160,14 @@ def choose_storage(setting: str, need: int, available: int, processes: int = 1) 
     return "memory" if need * max(1, processes) <= available // 2 else "disk"
 
 
+def decide_storage(setting: str, datasets: list[Tokenized], hidden_size: int) -> tuple[str, int, int]:
+    """(storage, bytes the states need, bytes of RAM available) for caching `datasets` in this process. Every
+    process on the machine holds its own copy (launchers set LOCAL_WORLD_SIZE)."""
+    need, available = states_nbytes(datasets, hidden_size), available_memory()
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return choose_storage(setting, need, available, processes), need, available
+
+
 def disk_tensor(shape: tuple[int, int], dtype: torch.dtype, folder: Path) -> torch.Tensor:
     """An uninitialised tensor backed by a memory-mapped file in `folder`. The file is unlinked at once: the
     mapping keeps it alive, and the space returns to the disk when the tensor goes, even if the run is killed."""
