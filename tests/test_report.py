@@ -38,8 +38,10 @@ def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
 
     old = yaml.safe_load((b / "config.yaml").read_text())
     assert old["speed"].pop("compile") is False
-    # and with another default for a field that had no effect on it (epochs, under max_steps)
+    # and with another default for fields that had no effect on it (epochs under max_steps; where cached states
+    # live, whose default was 'memory' before 'auto')
     old["optim"]["epochs"] = 3.0
+    old["speed"]["prefix_cache_storage"] = "memory"
     (b / "config.yaml").write_text(yaml.safe_dump(old))
     _train(tiny_roberta, easy_csv, tmp_path, "c", adapter={"r": 2})
     _train(tiny_roberta, easy_csv, tmp_path, "d", optim={"lr": 3e-3})

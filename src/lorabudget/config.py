@@ -360,9 +360,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def effective_settings(cfg: Config) -> dict:
     """The config as a plain dict with the fields that have no effect blanked (None): `optim.epochs` under
-    `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `head.rank` for heads without one. Two
-    runs that train alike compare equal, even when written by versions with other defaults for such fields."""
+    `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `head.rank` for heads without one, and
+    `speed.prefix_cache_storage` (RAM or disk hold the same numbers). Two runs that train alike compare equal,
+    even when written by versions with other defaults for such fields."""
     out = cfg.model_dump(mode="json")
+    out["speed"]["prefix_cache_storage"] = None
     if cfg.optim.max_steps is not None:
         out["optim"]["epochs"] = None
     if cfg.optim.warmup_steps is not None:
