@@ -76,11 +76,12 @@ def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, fl
     return f"{recipe.stem} seed {seed}", rc, time.perf_counter() - started
 
 
-def compared_settings(cfg) -> dict:
-    """What makes two runs the same recipe: the effective settings without seed, output folder and logging."""
+def compared_settings(cfg, n_layers: int | None = None) -> dict:
+    """What makes two runs the same recipe: the effective settings without seed, output folder and logging
+    (`n_layers`, the model's, lets `top-half` and the index list it means compare equal)."""
     from lorabudget.config import effective_settings
 
-    settings = effective_settings(cfg)
+    settings = effective_settings(cfg, n_layers)
     for key in ("seed", "output_dir", "logging"):
         settings.pop(key)
     return settings
@@ -96,10 +97,11 @@ def finished_groups(out: Path) -> list[tuple[str, dict, list[dict]]]:
     for run in sorted(out.glob("*/seed-*")):
         if run_state(run) != "finished":
             continue
-        settings = compared_settings(load_config(run / "config.yaml"))
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        settings = compared_settings(load_config(run / "config.yaml"), summary.get("encoder_layers"))
         names, _, summaries = groups.setdefault(json.dumps(settings, sort_keys=True), ([], settings, []))
         names.append(run.parent.name)
-        summaries.append(json.loads((run / "summary.json").read_text(encoding="utf-8")))
+        summaries.append(summary)
     return [(" = ".join(dict.fromkeys(names)), settings, summaries) for names, settings, summaries in groups.values()]
 
 
@@ -138,8 +140,9 @@ def criterion(out: Path, recommended: Path) -> str:
     if not groups:
         return f"criterion: no finished runs under {out}"
     # the study trains on a local path; the preset names the Hub dataset
-    wanted = compared_settings(load_config(recommended, [f"data.source={groups[0][1]['data']['source']}"]))
-    mine = [(names, runs) for names, settings, runs in groups if settings == wanted]
+    preset = load_config(recommended, [f"data.source={groups[0][1]['data']['source']}"])
+    mine = [(names, runs) for names, settings, runs in groups
+            if settings == compared_settings(preset, runs[0].get("encoder_layers"))]
     if not mine or len(mine[0][1]) < 2:
         return f"criterion: fewer than 2 finished runs of {recommended.name} under {out}"
     names, runs = mine[0]

@@ -74,6 +74,21 @@ def test_relative_layers_resolve_by_depth(spec, n_layers, expected):
     assert layer_indices(spec, n_layers) == expected
 
 
+def test_runs_compare_by_the_layers_they_adapt_once_the_depth_is_known():
+    """Runs are grouped by effective settings: `top-half` and [3, 4, 5] on 6 layers train the same adapters."""
+    from lorabudget.config import Config, effective_settings
+
+    def layers(spec, n_layers=None):
+        return effective_settings(Config(adapter={"layers": spec}), n_layers)["adapter"]["layers"]
+
+    assert layers("top-half", 6) == layers([5, 4, 3], 6) == layers("top-3", 6) == [3, 4, 5]
+    assert layers("all", 6) == layers(list(range(6)), 6) == layers(None, 6) is None
+    assert layers("top-half", 12) == list(range(6, 12)) != layers("top-half", 6)
+    assert layers("top-7", 6) == "top-7"  # more than the model has: such a run never trained
+    # without the depth (a run from before summaries recorded it), only 'all' and None are known to agree
+    assert layers("top-half") == "top-half" and layers([3, 4, 5]) == [3, 4, 5] and layers("all") is None
+
+
 def test_top_half_counts_the_same_as_its_indices(roberta_base):
     """The relative form is a spelling, not another recipe: same targets, same count, arithmetic = built."""
     by_name = config("roberta-base", {"r": 12, "layers": "top-half"}, {"type": "linear"})

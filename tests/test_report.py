@@ -42,6 +42,9 @@ def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
     # live, whose default was 'memory' before 'auto')
     old["optim"]["epochs"] = 3.0
     old["speed"]["prefix_cache_storage"] = "memory"
+    # and its adapted layers spelt out: every layer of the 2 the summary records, as 'all' says for a
+    assert old["adapter"]["layers"] is None and json.loads((b / "summary.json").read_text())["encoder_layers"] == 2
+    old["adapter"]["layers"] = [0, 1]
     (b / "config.yaml").write_text(yaml.safe_dump(old))
     _train(tiny_roberta, easy_csv, tmp_path, "c", adapter={"r": 2})
     _train(tiny_roberta, easy_csv, tmp_path, "d", optim={"lr": 3e-3})

@@ -358,13 +358,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(raw, origin)
 
 
-def effective_settings(cfg: Config) -> dict:
+def effective_settings(cfg: Config, n_layers: int | None = None) -> dict:
     """The config as a plain dict with the fields that have no effect blanked (None): `optim.epochs` under
     `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `head.rank` for heads without one, and
     `speed.prefix_cache_storage` (RAM or disk hold the same numbers). Two runs that train alike compare equal,
-    even when written by versions with other defaults for such fields."""
+    even when written by versions with other defaults for such fields.
+
+    With the model's `n_layers` (a run's summary records it), `adapter.layers` is written one way: None for every
+    layer, else the index list, so `top-half` and [3, 4, 5] on a 6-layer model compare equal."""
     out = cfg.model_dump(mode="json")
     out["speed"]["prefix_cache_storage"] = None
+    if n_layers is not None:
+        out["adapter"]["layers"] = _canonical_layers(cfg.adapter.layers, n_layers)
     if cfg.optim.max_steps is not None:
         out["optim"]["epochs"] = None
     if cfg.optim.warmup_steps is not None:
@@ -372,6 +377,18 @@ def effective_settings(cfg: Config) -> dict:
     if cfg.head.type != "lowrank":
         out["head"]["rank"] = None
     return out
+
+
+def _canonical_layers(spec, n_layers: int):
+    """adapter.layers written one way: None for every layer, else the sorted index list."""
+    from .adapters import layer_indices
+    from .errors import ModelError
+
+    try:
+        layers = sorted(layer_indices(spec, n_layers))
+    except ModelError:  # more layers than the model has: such a run never trained; compare it as written
+        return spec
+    return None if layers == list(range(n_layers)) else layers
 
 
 def dump_config(cfg: Config) -> str:
