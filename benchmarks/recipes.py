@@ -163,7 +163,7 @@ def criterion(out: Path, recommended: Path) -> str:
                      f"{'met' if margin > needed else 'NOT met'}")
     for same, verdicts in held.items():
         if verdicts:
-            where = "at the same length" if same else "at their own (other) length"
+            where = "at the same length" if same else "at other lengths"
             lines.append(f"{where}: met against {sum(verdicts)} of {len(verdicts)} published recipes: the "
                          f"criterion {'holds' if all(verdicts) else 'does NOT hold'}")
     return "\n".join(lines)
