@@ -8,6 +8,7 @@ import json
 import re
 import statistics
 
+import pytest
 from conftest import tiny_config, write_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -94,3 +95,22 @@ def test_seed_groups_are_labelled_by_their_folder():
     assert group_label(["a/seed-1", "b/seed-2"]) == "a/seed-1, b/seed-2"  # two folders: both named
     assert group_label(["x"]) == "x"
     assert group_label(["r1", "r2", "r3", "r4"]) == "r1 +3"
+
+
+@pytest.mark.parametrize(("n_groups", "named"), [(15, 15), (16, 10), (40, 10)])
+def test_accuracy_vs_params_names_every_point_or_the_ten_best(tmp_path, monkeypatch, n_groups, named):
+    """Past 15 groups, labels on every point would overlap into a smudge: only the 10 best are named."""
+    from types import SimpleNamespace
+
+    from matplotlib.axes import Axes
+
+    from lorabudget import report
+
+    labels = []
+    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: labels.append(text))
+    groups = [SimpleNamespace(runs=[SimpleNamespace(summary={"trainable_params": 1000 + i, "budget": 2000})],
+                              mean=(i * 7919 % n_groups) / n_groups, std=0.01) for i in range(n_groups)]
+    names = [f"g{i}" for i in range(n_groups)]
+    assert report.plot_accuracy_vs_params(groups, names, tmp_path / "a.png").is_file()
+    best = sorted(range(n_groups), key=lambda i: -groups[i].mean)[:named]
+    assert sorted(labels) == sorted(f"g{i}" for i in best)

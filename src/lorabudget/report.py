@@ -378,8 +378,10 @@ def plot_accuracy_vs_params(groups: list[Group], names: list[str], path: Path) -
     x = [g.runs[0].summary.get("trainable_params", 0) for g in groups]
     ax.errorbar(x, [g.mean for g in groups], yerr=[g.std for g in groups], fmt="o", capsize=3,
                 color="tab:blue")
-    if len(groups) <= 15:
-        for xi, g, name in zip(x, groups, names):
+    # every point named up to 15 groups; beyond that only the 10 best, so the leaders stay readable
+    named = {id(g) for g in (groups if len(groups) <= 15 else sorted(groups, key=lambda g: -g.mean)[:10])}
+    for xi, g, name in zip(x, groups, names):
+        if id(g) in named:
             ax.annotate(name, (xi, g.mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
     budgets = {r.summary.get("budget") for g in groups for r in g.runs}
     title = "Accuracy against trainable parameters (mean ± std over seeds)"
