@@ -421,7 +421,7 @@ class TrainingRecipe:
                 "train_samples_per_s": round(st.samples / max(st.train_seconds, 1e-9), 2),
                 "train_samples": st.samples,
                 "num_processes": self.world,
-                "encoder_layers": getattr(acc.unwrap_model(self.model).config, "num_hidden_layers", None),
+                "encoder_layers": getattr(model.config, "num_hidden_layers", None),
                 "frozen_prefix_cached_layers": self.prefix,
                 "prefix_cache_storage": self.cache_storage,
                 "compiled": self.compiled,
