@@ -97,20 +97,69 @@ def test_seed_groups_are_labelled_by_their_folder():
     assert group_label(["r1", "r2", "r3", "r4"]) == "r1 +3"
 
 
-@pytest.mark.parametrize(("n_groups", "named"), [(15, 15), (16, 10), (40, 10)])
-def test_accuracy_vs_params_names_every_point_or_the_ten_best(tmp_path, monkeypatch, n_groups, named):
-    """Past 15 groups, labels on every point would overlap into a smudge: only the 10 best are named."""
+def _crowded_groups(n_groups: int):
+    """Groups as a study makes them: several recipes of one trainable count, a column of close accuracies."""
     from types import SimpleNamespace
 
-    from matplotlib.axes import Axes
+    return [SimpleNamespace(runs=[SimpleNamespace(summary={"trainable_params": 1000 + 10 * (i % 4), "budget": 2000})],
+                            mean=0.8 + (i * 7919 % n_groups) / n_groups / 10, std=0.01) for i in range(n_groups)]
+
+
+def _drawn_labels(monkeypatch) -> list:
+    """Filled, when the accuracy picture is saved, with its names: (annotation, box of its words on the canvas)."""
+    from matplotlib.text import Text
 
     from lorabudget import report
 
-    labels = []
-    monkeypatch.setattr(Axes, "annotate", lambda self, text, *a, **k: labels.append(text))
-    groups = [SimpleNamespace(runs=[SimpleNamespace(summary={"trainable_params": 1000 + i, "budget": 2000})],
-                              mean=(i * 7919 % n_groups) / n_groups, std=0.01) for i in range(n_groups)]
+    drawn = []
+    real_save = report._save
+
+    def save(fig, path):
+        renderer = fig.canvas.get_renderer()
+        for t in fig.axes[0].texts:
+            if t.get_text():
+                t.update_positions(renderer)
+                drawn.append((t, Text.get_window_extent(t, renderer)))
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "_save", save)
+    return drawn
+
+
+@pytest.mark.parametrize(("n_groups", "named"), [(15, 15), (16, 10), (40, 10)])
+def test_accuracy_vs_params_names_every_point_or_the_ten_best(tmp_path, monkeypatch, n_groups, named):
+    """Past 15 groups, labels on every point would overlap into a smudge: only the 10 best are named."""
+    from lorabudget import report
+
+    drawn = _drawn_labels(monkeypatch)
+    groups = _crowded_groups(n_groups)
     names = [f"g{i}" for i in range(n_groups)]
     assert report.plot_accuracy_vs_params(groups, names, tmp_path / "a.png").is_file()
     best = sorted(range(n_groups), key=lambda i: -groups[i].mean)[:named]
+    labels = [t.get_text() for t, _ in drawn]
     assert sorted(labels) == sorted(f"g{i}" for i in best)
+
+
+@pytest.mark.parametrize("n_groups", [6, 12])
+def test_accuracy_vs_params_labels_do_not_cover_each_other(tmp_path, monkeypatch, n_groups):
+    """Recipes of one trainable count stack in a column: their names are moved apart, each still tied to its point
+    by a line when it left its row, and none covers another name."""
+    from lorabudget import report
+
+    drawn = _drawn_labels(monkeypatch)
+    from types import SimpleNamespace
+
+    def group(params, mean):
+        return SimpleNamespace(runs=[SimpleNamespace(summary={"trainable_params": params, "budget": 2000})],
+                               mean=mean, std=0.005)
+
+    # one column of close accuracies, and one recipe far off that sets the scale
+    groups = [group(1000, 0.90 + 0.001 * i) for i in range(n_groups - 1)] + [group(1500, 0.7)]
+    names = [f"recipe-with-a-long-name-{i} (3 seeds)" for i in range(n_groups)]
+    report.plot_accuracy_vs_params(groups, names, tmp_path / "a.png")
+    texts, boxes = [t for t, _ in drawn], [b for _, b in drawn]
+    assert len(texts) == n_groups
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1:]), texts[i].get_text()
+    moved = [t for t in texts if t.xyann[1] != 0]
+    assert moved and all(t.arrow_patch is not None for t in moved)  # the column forces moves, each with its line

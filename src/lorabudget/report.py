@@ -370,19 +370,53 @@ def plot_curves_by(runs: list[Run], key: str | None, label: str, path: Path) -> 
     return _save(fig, path)
 
 
+def _place_labels(ax, points: list[tuple[float, float]], names: list[str],
+                  others: list[tuple[float, float]] = ()) -> list:
+    """Name points without labels covering each other: each label, in the order given, takes the first of a few
+    positions around its point (right, then left, each level with it, then stepping up and down) whose box overlaps
+    no label placed before and no marker (of `points` and of unnamed `others`) and stays inside the axes; a label
+    moved off its row gets a thin line to its point.
+    Written here because matplotlib does not place labels, and adjustText's force layout moves every label and is
+    not repeatable across versions; a handful of candidate boxes is enough for a study's dozen names."""
+    from matplotlib.text import Text as MplText  # report.Text is a block of the report
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    steps = [0] + [sign * 9 * k for k in range(1, 11) for sign in (1, -1)]  # up to 90 points off the row
+    candidates = [(dx, dy, ha) for dy in steps for dx, ha in ((5, "left"), (-5, "right"))]
+    line = {"arrowstyle": "-", "color": "0.6", "lw": 0.6, "shrinkA": 0, "shrinkB": 3}
+    placed, boxes = [], []
+    # every point is an obstacle too, as a box the size of its marker, so no name covers another point
+    markers = [Bbox.from_bounds(px - 4, py - 4, 8, 8) for px, py in ax.transData.transform([*points, *others])]
+    for i, ((x, y), name) in enumerate(zip(points, names)):
+        obstacles = boxes + markers[:i] + markers[i + 1:]
+        for dx, dy, ha in candidates:
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, ha=ha,
+                               va="center", arrowprops=line if dy else None)
+            text.update_positions(renderer)  # the offset is turned into a place on the canvas here
+            box = MplText.get_window_extent(text, renderer).padded(1.5)  # the words alone, not the line
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(b) for b in obstacles):
+                break
+            text.remove()
+        else:  # crowded beyond the candidates: the plain position, readable or not
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 0), fontsize=7, va="center")
+            text.update_positions(renderer)
+            box = MplText.get_window_extent(text, renderer)
+        placed.append(text)
+        boxes.append(box)
+    return placed
+
+
 def plot_accuracy_vs_params(groups: list[Group], names: list[str], path: Path) -> Path:
     plt = _plt()
     from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     x = [g.runs[0].summary.get("trainable_params", 0) for g in groups]
     ax.errorbar(x, [g.mean for g in groups], yerr=[g.std for g in groups], fmt="o", capsize=3,
                 color="tab:blue")
-    # every point named up to 15 groups; beyond that only the 10 best, so the leaders stay readable
-    named = {id(g) for g in (groups if len(groups) <= 15 else sorted(groups, key=lambda g: -g.mean)[:10])}
-    for xi, g, name in zip(x, groups, names):
-        if id(g) in named:
-            ax.annotate(name, (xi, g.mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
     budgets = {r.summary.get("budget") for g in groups for r in g.runs}
     title = "Accuracy against trainable parameters (mean ± std over seeds)"
     if len(budgets) == 1 and None not in budgets:
@@ -397,6 +431,16 @@ def plot_accuracy_vs_params(groups: list[Group], names: list[str], path: Path) -
     ax.set_ylabel("best validation accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    # room for the names: the x range widened by a fifth each side, the y range by a tenth
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    ax.set_xlim(x0 - 0.2 * (x1 - x0), x1 + 0.2 * (x1 - x0))
+    ax.set_ylim(y0 - 0.1 * (y1 - y0), y1 + 0.1 * (y1 - y0))
+    # every point named up to 15 groups; beyond that only the 10 best, so the leaders stay readable. The best are
+    # placed first, so they get the positions next to their points.
+    order = sorted(range(len(groups)), key=lambda i: -groups[i].mean)[: len(groups) if len(groups) <= 15 else 10]
+    _place_labels(ax, [(x[i], groups[i].mean) for i in order], [names[i] for i in order],
+                  [(x[i], g.mean) for i, g in enumerate(groups) if i not in order])
     return _save(fig, path)
 
 
