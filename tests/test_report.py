@@ -105,21 +105,23 @@ def _crowded_groups(n_groups: int):
                             mean=0.8 + (i * 7919 % n_groups) / n_groups / 10, std=0.01) for i in range(n_groups)]
 
 
-def _drawn_labels(monkeypatch) -> list:
-    """Filled, when the accuracy picture is saved, with its names: (annotation, box of its words on the canvas)."""
+def _drawn_labels(monkeypatch) -> dict:
+    """Filled, when the accuracy picture is saved, with its names (annotation, box of its words on the canvas), the
+    axes' box and the data-to-canvas transform."""
     from matplotlib.text import Text
 
     from lorabudget import report
 
-    drawn = []
+    drawn = {"labels": []}
     real_save = report._save
 
     def save(fig, path):
-        renderer = fig.canvas.get_renderer()
-        for t in fig.axes[0].texts:
+        renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+        for t in ax.texts:
             if t.get_text():
                 t.update_positions(renderer)
-                drawn.append((t, Text.get_window_extent(t, renderer)))
+                drawn["labels"].append((t, Text.get_window_extent(t, renderer)))
+        drawn["frame"], drawn["to_px"] = ax.get_window_extent(renderer), ax.transData.frozen()
         return real_save(fig, path)
 
     monkeypatch.setattr(report, "_save", save)
@@ -136,30 +138,43 @@ def test_accuracy_vs_params_names_every_point_or_the_ten_best(tmp_path, monkeypa
     names = [f"g{i}" for i in range(n_groups)]
     assert report.plot_accuracy_vs_params(groups, names, tmp_path / "a.png").is_file()
     best = sorted(range(n_groups), key=lambda i: -groups[i].mean)[:named]
-    labels = [t.get_text() for t, _ in drawn]
+    labels = [t.get_text() for t, _ in drawn["labels"]]
     assert sorted(labels) == sorted(f"g{i}" for i in best)
 
 
 @pytest.mark.parametrize("n_groups", [6, 12])
-def test_accuracy_vs_params_labels_do_not_cover_each_other(tmp_path, monkeypatch, n_groups):
-    """Recipes of one trainable count stack in a column: their names are moved apart, each still tied to its point
-    by a line when it left its row, and none covers another name."""
-    from lorabudget import report
-
-    drawn = _drawn_labels(monkeypatch)
+def test_accuracy_vs_params_labels_cover_no_name_point_or_line(tmp_path, monkeypatch, n_groups):
+    """Recipes of one trainable count stack in a column, and a neighbour sits where a name would go: the names are
+    moved apart, each tied to its point by a line when it left its row, and none covers another name, another
+    point, or another name's line, or leaves the axes."""
     from types import SimpleNamespace
+
+    from matplotlib.transforms import Bbox
+
+    from lorabudget import report
 
     def group(params, mean):
         return SimpleNamespace(runs=[SimpleNamespace(summary={"trainable_params": params, "budget": 2000})],
                                mean=mean, std=0.005)
 
-    # one column of close accuracies, and one recipe far off that sets the scale
-    groups = [group(1000, 0.90 + 0.001 * i) for i in range(n_groups - 1)] + [group(1500, 0.7)]
+    # a column of close accuracies, a neighbour just right of its top, and one recipe far off that sets the scale
+    groups = ([group(1000, 0.90 + 0.001 * i) for i in range(n_groups - 2)]
+              + [group(1040, 0.90 + 0.001 * (n_groups - 3)), group(1500, 0.7)])
     names = [f"recipe-with-a-long-name-{i} (3 seeds)" for i in range(n_groups)]
+    drawn = _drawn_labels(monkeypatch)
     report.plot_accuracy_vs_params(groups, names, tmp_path / "a.png")
-    texts, boxes = [t for t, _ in drawn], [b for _, b in drawn]
-    assert len(texts) == n_groups
-    for i, a in enumerate(boxes):
-        assert not any(a.overlaps(b) for b in boxes[i + 1:]), texts[i].get_text()
-    moved = [t for t in texts if t.xyann[1] != 0]
+    labels, frame, to_px = drawn["labels"], drawn["frame"], drawn["to_px"]
+    assert len(labels) == n_groups
+    points = {t.get_text(): tuple(to_px.transform(t.xy)) for t, _ in labels}
+    lines = [(points[t.get_text()], ((b.x0 if t.get_horizontalalignment() == "left" else b.x1), (b.y0 + b.y1) / 2))
+             for t, b in labels if t.xyann[1] != 0]
+    for i, (text, box) in enumerate(labels):
+        name = text.get_text()
+        assert frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1), name
+        assert not any(box.overlaps(other) for _, other in labels[i + 1:]), name
+        assert not any(box.overlaps(Bbox.from_bounds(at[0] - 2, at[1] - 2, 4, 4))  # a marker's middle
+                       for other, at in points.items() if other != name), name
+        assert not any(box.contains(a[0] + (b[0] - a[0]) * k / 20, a[1] + (b[1] - a[1]) * k / 20)
+                       for a, b in lines if a != points[name] for k in range(1, 20)), name
+    moved = [t for t, _ in labels if t.xyann[1] != 0]
     assert moved and all(t.arrow_patch is not None for t in moved)  # the column forces moves, each with its line
