@@ -76,12 +76,13 @@ def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, fl
     return f"{recipe.stem} seed {seed}", rc, time.perf_counter() - started
 
 
-def compared_settings(cfg, n_layers: int | None = None) -> dict:
-    """What makes two runs the same recipe: the effective settings without seed, output folder and logging
-    (`n_layers`, the model's, lets `top-half` and the index list it means compare equal)."""
+def compared_settings(cfg, n_layers: int | None = None, precision: str | None = None) -> dict:
+    """What makes two runs the same recipe: the effective settings without seed, output folder and logging.
+    `n_layers`, the model's, lets `top-half` and the index list it means compare equal; `precision`, the one a
+    run resolved, keeps `auto` runs in bf16 apart from those in fp32."""
     from lorabudget.config import effective_settings
 
-    settings = effective_settings(cfg, n_layers)
+    settings = effective_settings(cfg, n_layers, precision)
     for key in ("seed", "output_dir", "logging"):
         settings.pop(key)
     return settings
@@ -98,7 +99,8 @@ def finished_groups(out: Path) -> list[tuple[str, dict, list[dict]]]:
         if run_state(run) != "finished":
             continue
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        settings = compared_settings(load_config(run / "config.yaml"), summary.get("encoder_layers"))
+        settings = compared_settings(load_config(run / "config.yaml"), summary.get("encoder_layers"),
+                                     summary.get("precision"))
         names, _, summaries = groups.setdefault(json.dumps(settings, sort_keys=True), ([], settings, []))
         names.append(run.parent.name)
         summaries.append(summary)
@@ -131,9 +133,9 @@ def criterion(out: Path, recommended: Path) -> str:
     recipe's mean (every group with 'published' in a folder name and at least 2 seeds) by more than twice the
     larger of the two standard deviations. The recommended group is the one trained with `recommended`'s
     settings, whatever its folder is called. Verdicts are given apart for the published runs of the same length
-    (optimizer steps) as the recommended ones, the fair comparison, and for those of another length."""
-    import statistics
-
+    (optimizer steps) as the recommended ones, the fair comparison, and for those of another length. Runs in
+    another precision (an `auto` preset trains in bf16 on one machine and fp32 on another) are another
+    comparison: one block per precision the recommended recipe has runs in."""
     from lorabudget.config import load_config
 
     groups = finished_groups(out)
@@ -141,19 +143,30 @@ def criterion(out: Path, recommended: Path) -> str:
         return f"criterion: no finished runs under {out}"
     # the study trains on a local path; the preset names the Hub dataset
     preset = load_config(recommended, [f"data.source={groups[0][1]['data']['source']}"])
-    mine = [(names, runs) for names, settings, runs in groups
-            if settings == compared_settings(preset, runs[0].get("encoder_layers"))]
-    if not mine or len(mine[0][1]) < 2:
-        return f"criterion: fewer than 2 finished runs of {recommended.name} under {out}"
-    names, runs = mine[0]
+    blocks = []
+    for names, settings, runs in groups:
+        resolved = runs[0].get("precision") if preset.model.precision == "auto" else None
+        if settings != compared_settings(preset, runs[0].get("encoder_layers"), resolved) or len(runs) < 2:
+            continue
+        precision = settings["model"]["precision"]
+        peers = [(other, other_runs) for other, other_settings, other_runs in groups
+                 if "published" in other and other_settings["model"]["precision"] == precision]
+        blocks.append(_criterion_block(recommended.name, names, runs, peers))
+    return "\n".join(blocks) or f"criterion: fewer than 2 finished runs of {recommended.name} under {out}"
+
+
+def _criterion_block(preset: str, names: str, runs: list[dict], published: list[tuple[str, list[dict]]]) -> str:
+    import statistics
+
     accs = _accuracies(runs)
     mean, std = statistics.mean(accs), statistics.stdev(accs)
     steps = runs[0]["total_steps"]
-    lines = [f"{recommended.name} ({names}, {steps} steps): {mean:.2f} ± {std:.2f} (n={len(accs)})"]
+    precision = runs[0].get("precision", "precision not recorded")
+    lines = [f"{preset} ({names}, {steps} steps, {precision}): {mean:.2f} ± {std:.2f} (n={len(accs)})"]
     held: dict[bool, list[bool]] = {True: [], False: []}  # same length as the recommended runs or not: verdicts
-    for other, _, other_runs in sorted(groups, key=lambda g: -statistics.mean(_accuracies(g[2]))):
+    for other, other_runs in sorted(published, key=lambda g: -statistics.mean(_accuracies(g[1]))):
         theirs = _accuracies(other_runs)
-        if "published" not in other or len(theirs) < 2:
+        if len(theirs) < 2:
             continue
         margin, needed = mean - statistics.mean(theirs), 2 * max(std, statistics.stdev(theirs))
         their_steps = other_runs[0]["total_steps"]

@@ -89,6 +89,18 @@ def test_runs_compare_by_the_layers_they_adapt_once_the_depth_is_known():
     assert layers("top-half") == "top-half" and layers([3, 4, 5]) == [3, 4, 5] and layers("all") is None
 
 
+def test_runs_compare_by_the_precision_they_trained_in():
+    """`auto` is bf16 where the hardware has it and fp32 elsewhere: with the precision a run resolved, two `auto`
+    runs on different machines are apart, and `auto` that became bf16 is the same as an explicit `bf16`."""
+    from lorabudget.config import Config, effective_settings
+
+    def precision(spec, resolved=None):
+        return effective_settings(Config(model={"precision": spec}), precision=resolved)["model"]["precision"]
+
+    assert precision("auto", "bf16") == precision("bf16", "bf16") == "bf16" != precision("auto", "fp32")
+    assert precision("auto") == "auto"  # a run from before summaries recorded it compares as written
+
+
 def test_top_half_counts_the_same_as_its_indices(roberta_base):
     """The relative form is a spelling, not another recipe: same targets, same count, arithmetic = built."""
     by_name = config("roberta-base", {"r": 12, "layers": "top-half"}, {"type": "linear"})

@@ -358,18 +358,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return build_config(raw, origin)
 
 
-def effective_settings(cfg: Config, n_layers: int | None = None) -> dict:
+def effective_settings(cfg: Config, n_layers: int | None = None, precision: str | None = None) -> dict:
     """The config as a plain dict with the fields that have no effect blanked (None): `optim.epochs` under
     `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `head.rank` for heads without one, and
     `speed.prefix_cache_storage` (RAM or disk hold the same numbers). Two runs that train alike compare equal,
     even when written by versions with other defaults for such fields.
 
     With the model's `n_layers` (a run's summary records it), `adapter.layers` is written one way: None for every
-    layer, else the index list, so `top-half` and [3, 4, 5] on a 6-layer model compare equal."""
+    layer, else the index list, so `top-half` and [3, 4, 5] on a 6-layer model compare equal. With the
+    `precision` a run resolved (its summary records that too), `model.precision` is what it trained in:
+    `auto` means bf16 on one machine and fp32 on another, and those are different numerics, not seeds of one
+    recipe, while `auto` that became bf16 and an explicit `bf16` are the same."""
     out = cfg.model_dump(mode="json")
     out["speed"]["prefix_cache_storage"] = None
     if n_layers is not None:
         out["adapter"]["layers"] = _canonical_layers(cfg.adapter.layers, n_layers)
+    if precision is not None:
+        out["model"]["precision"] = precision
     if cfg.optim.max_steps is not None:
         out["optim"]["epochs"] = None
     if cfg.optim.warmup_steps is not None:

@@ -104,20 +104,21 @@ class Collection:
             return
         summary = run.summary()
         config = with_defaults(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {},
-                               summary.get("encoder_layers"))
+                               summary.get("encoder_layers"), summary.get("precision"))
         self.runs[key] = Run(path, path.name, flatten(config), summary, run.read_metrics(), trial)
 
 
-def with_defaults(raw: dict, n_layers: int | None = None) -> dict:
+def with_defaults(raw: dict, n_layers: int | None = None, precision: str | None = None) -> dict:
     """A run's config with every field present: a run written before a field existed trained as if it held the
     field's default, so it must not look different from a newer run that writes the default out. Fields without
     effect (epochs under max_steps, say) are blanked, so a changed default there does not split a seed group, and
-    with the model's layer count the adapted layers are written one way. A config this version cannot read is
-    compared as written."""
+    with the model's layer count the adapted layers are written one way, with the precision the run resolved
+    `model.precision` is what it trained in (`auto` is bf16 on one machine, fp32 on another). A config this
+    version cannot read is compared as written."""
     from .config import Config, effective_settings
 
     try:
-        return effective_settings(Config.model_validate(raw), n_layers)
+        return effective_settings(Config.model_validate(raw), n_layers, precision)
     except ValueError:
         return raw
 

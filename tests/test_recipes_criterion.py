@@ -1,0 +1,75 @@
+"""benchmarks/recipes.py's verdict, the issue's check for the recommended recipe, read from run directories.
+
+The runs here are written by hand (a config, a finished status, a summary with the scores the criterion reads),
+so each case states its accuracies and the verdict they must give: training is tested elsewhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESET = ROOT / "configs" / "recommended-minilm.yaml"
+PUBLISHED = ROOT / "configs" / "recipes" / "long4-published-qv-r8-bias-all.yaml"
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    spec = importlib.util.spec_from_file_location("recipes_benchmark", ROOT / "benchmarks" / "recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(out: Path, recipe: Path, folder: str, seed: int, accuracy: float, precision: str) -> None:
+    from lorabudget.config import load_config
+
+    run = out / folder / f"seed-{seed}"
+    run.mkdir(parents=True)
+    cfg = load_config(recipe, [f"seed={seed}", "data.source=/data/train_subset.csv.gz"])
+    (run / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
+    (run / "summary.json").write_text(json.dumps({
+        "finished": True, "best": {"accuracy": accuracy}, "total_steps": 2300, "trainable_params": 1,
+        "train_seconds": 60.0, "encoder_layers": 6, "precision": precision}))
+
+
+def _study(out: Path, mine: list[float], theirs: list[float], precision: str = "bf16", suffix: str = "") -> None:
+    for seed, acc in enumerate(mine, 1):
+        _run(out, PRESET, f"recommended{suffix}", seed, acc, precision)
+    for seed, acc in enumerate(theirs, 1):
+        _run(out, PUBLISHED, f"long4-published{suffix}", seed, acc, precision)
+
+
+def test_met_when_the_margin_beats_twice_the_larger_spread(recipes, tmp_path):
+    # means 0.925 and 0.915 (a margin of 1.00 point); sample stds 0.10 and 0.30 points: needed > 0.60
+    _study(tmp_path, [0.924, 0.925, 0.926], [0.912, 0.915, 0.918])
+    verdict = recipes.criterion(tmp_path, PRESET)
+    assert "margin 1.00 points, needed > 0.60: met" in verdict
+    assert "at the same length: met against 1 of 1 published recipes: the criterion holds" in verdict
+
+
+def test_not_met_when_the_spread_is_wider_than_half_the_margin(recipes, tmp_path):
+    # the same means, the published spread 0.60 points: needed > 1.20
+    _study(tmp_path, [0.924, 0.925, 0.926], [0.909, 0.915, 0.921])
+    verdict = recipes.criterion(tmp_path, PRESET)
+    assert "margin 1.00 points, needed > 1.20: NOT met" in verdict
+    assert "the criterion does NOT hold" in verdict
+
+
+def test_runs_in_another_precision_are_another_comparison(recipes, tmp_path):
+    """An `auto` preset trains in bf16 on one machine and fp32 on another: those runs are not seeds of one group,
+    and each precision's recommended runs face the published runs of their own precision only."""
+    _study(tmp_path, [0.924, 0.925, 0.926], [0.912, 0.915, 0.918], "bf16", "-a")
+    _study(tmp_path, [0.900, 0.901, 0.902], [0.912, 0.915, 0.918], "fp32", "-b")
+    assert sorted(len(runs) for _, _, runs in recipes.finished_groups(tmp_path)) == [3, 3, 3, 3]
+    verdict = recipes.criterion(tmp_path, PRESET)
+    blocks = verdict.split("recommended-minilm.yaml (")[1:]
+    assert len(blocks) == 2
+    by_precision = {block.split(", ")[2].split(")")[0]: block for block in blocks}
+    assert "the criterion holds" in by_precision["bf16"] and "long4-published-a" in by_precision["bf16"]
+    assert "long4-published-b" not in by_precision["bf16"]
+    assert "the criterion does NOT hold" in by_precision["fp32"] and "long4-published-b" in by_precision["fp32"]
