@@ -107,8 +107,8 @@ class AdapterConfig(_Section):
     )
     # The defaults of the adapter, head and optimizer sections are configs/recommended-roberta-base.yaml: the
     # recipe that won the MiniLM study of docs/recipes.md, mapped to roberta-base (derived, not measured there).
-    r: int = Field(12, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix).")
-    alpha: float = Field(24.0, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r "
+    r: int = Field(6, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix).")
+    alpha: float = Field(12.0, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r "
                          "(alpha / sqrt(r) with rsLoRA).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: list[str] = Field(
@@ -117,8 +117,8 @@ class AdapterConfig(_Section):
         "'attention.output.dense', 'intermediate.dense', 'output.dense' (suffixes of module names).",
     )
     layers: list[int] | str | None = Field(
-        "top-half", description="Encoder layers to adapt: 'all' (or null), 'top-half' (the upper half by depth: "
-        "6-11 of roberta-base's 12, 3-5 of MiniLM's 6; the recommended recipe), 'top-K' (the K top layers), or "
+        None, description="Encoder layers to adapt: 'all' (or null; the recommended recipe), 'top-half' (the upper "
+        "half by depth: 6-11 of roberta-base's 12, 3-5 of MiniLM's 6), 'top-K' (the K top layers), or "
         "indices (0-based, checked against the model's layer count). The named forms carry a recipe across "
         "depths; with nothing trainable below them, speed.cache_frozen_prefix computes the layers beneath once.",
     )
@@ -177,7 +177,7 @@ class HeadConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate of AdamW.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
