@@ -41,7 +41,7 @@ def best_time(fn, repeats: int, inner: int) -> float:
 def measure_masks(repeats: int) -> dict:
     import torch
 
-    from lorabudget.fastdropout import FastDropout
+    from lorabudget.runtime.fastdropout import FastDropout
 
     x = torch.randn(1600, 384, requires_grad=True)
     w = torch.randn(384, 384)
@@ -67,8 +67,8 @@ def measure_steps(repeats: int) -> dict:
 
     from lorabudget.config import load_config
     from lorabudget.data import LabelSpace
-    from lorabudget.fastdropout import use_fast_dropout
-    from lorabudget.pipeline import build_adapted_model
+    from lorabudget.model.build import build_adapted_model
+    from lorabudget.runtime.fastdropout import use_fast_dropout
 
     names = ["World", "Sports", "Business", "Sci/Tech"]
     out = {}

@@ -38,18 +38,14 @@ def run_state(run: Path) -> str | None:
     return (RunDir(run).status() or {}).get("state")
 
 
-# What a run learns from; a finished run whose sections differ from the recipe's is stale, not a result of it.
-COMPARED = ("model", "data", "adapter", "head", "budget", "optim", "speed", "seed")
-
-
 def stale(run: Path, recipe: Path, seed: int, overrides: list[str]) -> list[str]:
-    """The config sections in which a finished run differs from what the recipe would train now."""
-    from lorabudget.config import effective_settings, load_config
+    """The config sections in which a finished run differs from what the recipe would train now (the run's folder
+    names its seed; config.recipe_settings is what makes two runs one recipe)."""
+    from lorabudget.config import load_config, recipe_settings
 
-    ran = effective_settings(load_config(run / "config.yaml"))
-    wanted = effective_settings(load_config(recipe, [*overrides, f"seed={seed}",
-                                                     f"data.source={ran['data']['source']}"]))
-    return [key for key in COMPARED if ran[key] != wanted[key]]
+    ran = recipe_settings(load_config(run / "config.yaml"))
+    wanted = recipe_settings(load_config(recipe, [*overrides, f"seed={seed}"]))
+    return [key for key in sorted(set(ran) | set(wanted)) if ran.get(key) != wanted.get(key)]
 
 
 def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, float]:
@@ -76,31 +72,18 @@ def train_one(recipe: Path, seed: int, args, threads: int) -> tuple[str, int, fl
     return f"{recipe.stem} seed {seed}", rc, time.perf_counter() - started
 
 
-def compared_settings(cfg, n_layers: int | None = None, precision: str | None = None) -> dict:
-    """What makes two runs the same recipe: the effective settings without seed, output folder and logging.
-    `n_layers`, the model's, lets `top-half` and the index list it means compare equal; `precision`, the one a
-    run resolved, keeps `auto` runs in bf16 apart from those in fp32."""
-    from lorabudget.config import effective_settings
-
-    settings = effective_settings(cfg, n_layers, precision)
-    for key in ("seed", "output_dir", "logging"):
-        settings.pop(key)
-    return settings
-
-
 def finished_groups(out: Path) -> list[tuple[str, dict, list[dict]]]:
     """The finished runs under `out`, grouped when they differ only by seed (as `lorabudget report` groups them):
     one recipe may have runs in two folders (an exploration run and the recommended preset's, say). Each group:
     its folder names joined by ' = ', its settings, and its runs' summaries."""
-    from lorabudget.config import load_config
+    from lorabudget.config import load_config, recipe_settings
 
     groups: dict[str, tuple[list[str], dict, list[dict]]] = {}
     for run in sorted(out.glob("*/seed-*")):
         if run_state(run) != "finished":
             continue
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        settings = compared_settings(load_config(run / "config.yaml"), summary.get("encoder_layers"),
-                                     summary.get("precision"))
+        settings = recipe_settings(load_config(run / "config.yaml"), summary)
         names, _, summaries = groups.setdefault(json.dumps(settings, sort_keys=True), ([], settings, []))
         names.append(run.parent.name)
         summaries.append(summary)
@@ -136,17 +119,18 @@ def criterion(out: Path, recommended: Path) -> str:
     (optimizer steps) as the recommended ones, the fair comparison, and for those of another length. Runs in
     another precision (an `auto` preset trains in bf16 on one machine and fp32 on another) are another
     comparison: one block per precision the recommended recipe has runs in."""
-    from lorabudget.config import load_config
+    from lorabudget.config import load_config, recipe_settings
 
     groups = finished_groups(out)
     if not groups:
         return f"criterion: no finished runs under {out}"
-    # the study trains on a local path; the preset names the Hub dataset
-    preset = load_config(recommended, [f"data.source={groups[0][1]['data']['source']}"])
+    preset = load_config(recommended)
     blocks = []
     for names, settings, runs in groups:
-        resolved = runs[0].get("precision") if preset.model.precision == "auto" else None
-        if settings != compared_settings(preset, runs[0].get("encoder_layers"), resolved) or len(runs) < 2:
+        # the preset as this group ran it: on its model's depth, its data, and (for `auto`) its precision
+        ran = {"encoder_layers": runs[0].get("encoder_layers"), "data": runs[0].get("data"),
+               "precision": runs[0].get("precision") if preset.model.precision == "auto" else None}
+        if settings != recipe_settings(preset, ran) or len(runs) < 2:
             continue
         precision = settings["model"]["precision"]
         peers = [(other, other_runs) for other, other_settings, other_runs in groups

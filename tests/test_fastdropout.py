@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_config, write_config
 from torch import nn
 
-from lorabudget.fastdropout import FastDropout, keep_mask, use_fast_dropout
+from lorabudget.runtime.fastdropout import FastDropout, keep_mask, use_fast_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
@@ -60,9 +60,9 @@ def test_torch_seed_decides_the_mask():
 
 
 def test_swaps_every_dropout_and_leaves_the_weights_alone(tiny_roberta):
-    from lorabudget.adapters import add_adapters
     from lorabudget.config import AdapterConfig
-    from lorabudget.models import load_pretrained
+    from lorabudget.model.adapters import add_adapters
+    from lorabudget.model.backbone import load_pretrained
 
     model = load_pretrained(str(tiny_roberta), ["a", "b", "c", "d"])
     for m in model.modules():  # the tiny model is built without dropout; give it some, as real encoders have

@@ -91,7 +91,7 @@ def _check_dataset(ds: Dataset, cfg: DataConfig) -> None:
     n_val = round(size * n) if isinstance(size, float) else size
     feasible = len(classes) >= 2 and 1 <= n_val <= n - len(classes)
     try:
-        split = split_train_validation(ex, cfg, k)
+        split = split_train_validation(ex, cfg)
     except LorabudgetError as exc:
         assert isinstance(exc, DataError)
         assert not feasible, f"a feasible split was refused: {exc}"
@@ -102,7 +102,7 @@ def _check_dataset(ds: Dataset, cfg: DataConfig) -> None:
     assert set(train.labels) == classes, "a class lost all its training rows to the validation split"
     rows = sorted(zip(ex.texts, ex.labels, ex.ids))
     assert sorted(zip(train.texts + val.texts, train.labels + val.labels, train.ids + val.ids)) == rows
-    assert split_train_validation(ex, cfg, k).validation_hash == split.validation_hash  # seeded, repeatable
+    assert split_train_validation(ex, cfg).validation_hash == split.validation_hash  # seeded, repeatable
 
 
 def _check(source: Path, expected: Expected | None, validation_size=0.1, label_names=None) -> None:
@@ -386,7 +386,7 @@ def test_max_train_samples_keeps_every_class_or_is_refused(counts, cap, split_se
     cfg = DataConfig(validation_size=len(counts), split_seed=split_seed, max_train_samples=cap)
     n_train = len(labels) - len(counts)
     try:
-        split = split_train_validation(ex, cfg, len(counts))
+        split = split_train_validation(ex, cfg)
     except DataError as exc:
         assert cap < len(counts) and cap < n_train, f"refused a feasible cap: {exc}"
         assert "max_train_samples" in str(exc)
@@ -394,7 +394,7 @@ def test_max_train_samples_keeps_every_class_or_is_refused(counts, cap, split_se
     assert len(split.train) == min(cap, n_train)
     assert set(split.train.labels) == set(range(len(counts))), "a class lost all its training rows"
     assert set(split.train.ids).isdisjoint(split.validation.ids)
-    uncapped = split_train_validation(ex, cfg.model_copy(update={"max_train_samples": None}), len(counts))
+    uncapped = split_train_validation(ex, cfg.model_copy(update={"max_train_samples": None}))
     assert split.validation.ids == uncapped.validation.ids, "the cap moved the validation split"
     whole = uncapped.train
     assert set(split.train.ids) <= set(whole.ids)

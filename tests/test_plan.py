@@ -16,11 +16,12 @@ from conftest import make_texts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lorabudget import planner
-from lorabudget.adapters import add_adapters, layer_indices
 from lorabudget.cli import main
-from lorabudget.config import build_config
-from lorabudget.pipeline import planned_breakdown
+from lorabudget.config import build_config, layer_indices
+from lorabudget.errors import BudgetError
+from lorabudget.model.adapters import add_adapters
+from lorabudget.model.build import planned_breakdown
+from lorabudget.tools import planner
 
 PUBLISHED = {  # roberta-base, 4 labels, default head
     "qv-r8": ({"r": 8, "target_modules": ["query", "value"]}, 888_580),
@@ -119,7 +120,7 @@ def test_count_does_not_depend_on_init(init, roberta_base):
 def test_real_weight_inits_count_the_same_on_a_real_model(init, tiny_roberta):
     """pissa and olora decompose real weights; planning uses the default init in their place. On real weights
     the count is the arithmetic's."""
-    from lorabudget.models import load_pretrained
+    from lorabudget.model.backbone import load_pretrained
 
     cfg = config(str(tiny_roberta), {"r": 4, "target_modules": ["query", "value", "dense"], "init": init})
     model, _, _ = add_adapters(load_pretrained(str(tiny_roberta), ["a", "b", "c", "d"]), cfg.adapter, cfg.head)
@@ -166,8 +167,8 @@ def adapter_and_head(draw, family: str):
 
 
 def _check_random_config(model_dir: Path, adapter: dict, head: dict) -> None:
-    from lorabudget.budget import count_trainable
-    from lorabudget.models import build_on_meta
+    from lorabudget.model.backbone import build_on_meta
+    from lorabudget.model.budget import count_trainable
 
     cfg = config(str(model_dir), adapter, head)
     labels = 3
@@ -198,7 +199,7 @@ def test_every_searched_row_fits_and_is_verified(tiny_bert, budget, ranks, seed)
     try:
         plan = planner.search(base, str(tiny_bert), planner.SearchSpace.parse(ranks=ranks), top=3, sample=2,
                               seed=seed)
-    except planner.BudgetError:
+    except BudgetError:
         return  # nothing fits a very small budget: that is an answer, not a failure
     assert plan.rows and all(counts.total <= budget for _, counts, _ in plan.rows)
 
@@ -295,9 +296,9 @@ def check_reload(run: Path) -> None:
     from safetensors.torch import load_file
 
     import lorabudget
-    from lorabudget.api import load_peft_model
     from lorabudget.config import load_config
     from lorabudget.data import LabelSpace
+    from lorabudget.serve.api import load_peft_model
 
     saved = load_file(run / "adapter" / "adapter_model.safetensors")
     saved_head = {k: v for k, v in saved.items() if ".classifier." in k or ".pooler." in k}
@@ -348,7 +349,7 @@ def test_building_adapters_warns_about_nothing_the_user_can_act_on(tiny_roberta)
     """peft reads a deprecated transformers attribute on every build; that FutureWarning is silenced (only it)."""
     import warnings
 
-    from lorabudget.models import load_pretrained
+    from lorabudget.model.backbone import load_pretrained
 
     cfg = config(str(tiny_roberta), {"r": 4, "target_modules": ["query", "value"]})
     model = load_pretrained(str(tiny_roberta), ["a", "b", "c", "d"])

@@ -9,14 +9,16 @@ import pytest
 import torch
 from conftest import make_texts, tiny_config, write_config
 
-from lorabudget import prefix
-from lorabudget.adapters import add_adapters
-from lorabudget.batching import TokenBatches, tokenize
 from lorabudget.cli import main
 from lorabudget.config import AdapterConfig
-from lorabudget.inference import forward_logits, ordered, predict_logits
-from lorabudget.models import load_pretrained, load_tokenizer
-from lorabudget.prefix import compute_states, encoder_model, frozen_prefix_length, layers_from
+from lorabudget.model.adapters import add_adapters
+from lorabudget.model.backbone import load_pretrained, load_tokenizer
+from lorabudget.runtime import cache_storage as prefix
+from lorabudget.runtime.batching import TokenBatches
+from lorabudget.runtime.forward import forward_logits
+from lorabudget.runtime.inference import ordered, predict_logits
+from lorabudget.runtime.prefix import compute_states, encoder_model, frozen_prefix_length, layers_from
+from lorabudget.runtime.tokens import tokenize
 
 
 @pytest.mark.parametrize("head", ["default", "linear", "pooler"])
@@ -93,7 +95,7 @@ def test_auto_storage_keeps_the_states_in_ram_only_when_they_take_at_most_half_o
 @pytest.mark.parametrize("available_gib, expected", [(64, "memory"), (0, "disk")])
 def test_auto_storage_in_a_run_follows_the_memory_available(tiny_roberta, easy_csv, tmp_path, monkeypatch,
                                                              available_gib, expected):
-    monkeypatch.setattr("lorabudget.prefix.available_memory", lambda: available_gib * 2**30)
+    monkeypatch.setattr("lorabudget.runtime.cache_storage.available_memory", lambda: available_gib * 2**30)
     out = tmp_path / "run"
     cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"layers": [1]}, speed={"prefix_cache_storage": "auto"},
                       optim={"max_steps": 4}, eval={"every_steps": 4})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lorabudget.config import load_config
-from lorabudget.pipeline import planned_breakdown
+from lorabudget.model.build import planned_breakdown
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # the presets, and the recipe study's configs (configs/recipes/, see docs/recipes.md)
@@ -78,8 +78,7 @@ def test_defaults_are_the_recommended_roberta_base_recipe():
 def test_the_roberta_default_is_the_minilm_recipe_by_the_stated_rule():
     """docs/recipes.md: the same module types on the same share of the depth (every layer), alpha / r, lr,
     schedule, warmup share and epochs; the cheapest head; the largest rank under the budget."""
-    from lorabudget.adapters import layer_indices
-    from lorabudget.config import Config, build_config
+    from lorabudget.config import Config, build_config, layer_indices
 
     minilm, roberta = load_config(CONFIGS / "recommended-minilm.yaml"), Config()
     assert roberta.adapter.layers is minilm.adapter.layers is None  # every layer, as the study ran it

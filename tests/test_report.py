@@ -89,7 +89,7 @@ def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
 
 
 def test_seed_groups_are_labelled_by_their_folder():
-    from lorabudget.report import group_label
+    from lorabudget.tools.report import group_label
 
     assert group_label(["recipes/a/seed-1", "recipes/a/seed-2", "recipes/a/seed-3"]) == "recipes/a (3 seeds)"
     assert group_label(["a/seed-1", "b/seed-2"]) == "a/seed-1, b/seed-2"  # two folders: both named
@@ -110,10 +110,10 @@ def _drawn_labels(monkeypatch) -> dict:
     axes' box and the data-to-canvas transform."""
     from matplotlib.text import Text
 
-    from lorabudget import report
+    from lorabudget.tools.report import figures as report
 
     drawn = {"labels": []}
-    real_save = report._save
+    real_save = report.save_figure
 
     def save(fig, path):
         renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
@@ -124,14 +124,14 @@ def _drawn_labels(monkeypatch) -> dict:
         drawn["frame"], drawn["to_px"] = ax.get_window_extent(renderer), ax.transData.frozen()
         return real_save(fig, path)
 
-    monkeypatch.setattr(report, "_save", save)
+    monkeypatch.setattr(report, "save_figure", save)
     return drawn
 
 
 @pytest.mark.parametrize(("n_groups", "named"), [(15, 15), (16, 10), (40, 10)])
 def test_accuracy_vs_params_names_every_point_or_the_ten_best(tmp_path, monkeypatch, n_groups, named):
     """Past 15 groups, labels on every point would overlap into a smudge: only the 10 best are named."""
-    from lorabudget import report
+    from lorabudget.tools.report import figures as report
 
     drawn = _drawn_labels(monkeypatch)
     groups = _crowded_groups(n_groups)
@@ -151,7 +151,7 @@ def test_accuracy_vs_params_labels_cover_no_name_point_or_line(tmp_path, monkeyp
 
     from matplotlib.transforms import Bbox
 
-    from lorabudget import report
+    from lorabudget.tools.report import figures as report
 
     def group(params, mean):
         return SimpleNamespace(runs=[SimpleNamespace(summary={"trainable_params": params, "budget": 2000})],

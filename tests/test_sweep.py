@@ -57,7 +57,7 @@ def test_killed_sweep_resumes_to_exactly_n_trials(tiny_roberta, easy_csv, tmp_pa
     from optuna.trial import TrialState
 
     from lorabudget.cli import main
-    from lorabudget.report import write_report
+    from lorabudget.tools.report import write_report
 
     base = _base(tiny_roberta, easy_csv, tmp_path)
     space = tmp_path / "space.yaml"
@@ -128,7 +128,7 @@ def test_pruned_trials_and_exhausted_grid(tiny_roberta, easy_csv, tmp_path):
     from optuna.trial import TrialState
 
     from lorabudget.config import load_config
-    from lorabudget.sweep import Space, run_sweep
+    from lorabudget.tools.sweep import Space, run_sweep
 
     base = load_config(_base(tiny_roberta, easy_csv, tmp_path, max_steps=20, every=5))
     space = Space.parse({"params": {"adapter.r": {"type": "categorical", "choices": [2, 4, 64]}}})
@@ -147,7 +147,7 @@ def test_pruned_trials_and_exhausted_grid(tiny_roberta, easy_csv, tmp_path):
 
 def test_space_file_is_checked():
     from lorabudget.errors import ConfigError
-    from lorabudget.sweep import Space
+    from lorabudget.tools.sweep import Space
 
     with pytest.raises(ConfigError, match="adapter.rank: not a config field"):
         Space.parse({"params": {"adapter.rank": {"choices": [4]}}})
@@ -180,7 +180,7 @@ def test_enqueued_config_reads_layers_as_the_config_does(tmp_path):
     """`layers: all` in an enqueued file is every layer: the space's null choice (or its 'all', the same)."""
     from lorabudget.config import Config
     from lorabudget.errors import ConfigError
-    from lorabudget.sweep import Space, _enqueue
+    from lorabudget.tools.sweep import Space, _enqueue
 
     class Study:
         def __init__(self):

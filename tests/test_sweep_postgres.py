@@ -26,7 +26,7 @@ from conftest import slow_cli, tiny_config, write_config
 # A worker: each optimizer step slowed a little, so that both workers are busy at once, and a start line: the
 # slow imports happen first, then each waits for the test's "go", so that neither has the study to itself.
 WORKER = slow_cli(0.05, before_main="""
-import optuna, lorabudget.engine, lorabudget.sweep
+import optuna, lorabudget.train.recipe, lorabudget.tools.sweep
 barrier = os.environ["SWEEP_BARRIER"]
 open(os.path.join(barrier, f"ready-{os.getpid()}"), "w").close()
 while not os.path.exists(os.path.join(barrier, "go")):

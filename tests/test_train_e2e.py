@@ -45,7 +45,7 @@ def test_easy_task_learned_well_above_chance(trained_run):
 def test_reported_count_equals_built_model(trained_run):
     from lorabudget.config import load_config
     from lorabudget.data import LabelSpace
-    from lorabudget.pipeline import build_adapted_model
+    from lorabudget.model.build import build_adapted_model
 
     summary = json.loads((trained_run / "summary.json").read_text())
     cfg = load_config(trained_run / "config.yaml")

@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config, write_config
 
 from lorabudget.cli import main
-from lorabudget.evaluation import evaluate
+from lorabudget.serve.evaluate import evaluate
 
 VARIANTS = {
     "roberta-default-pissa": ("roberta", {"type": "default"}, {"init": "pissa"}),

@@ -1,13 +1,13 @@
 """lorabudget: fine-tune a frozen encoder for text classification with LoRA-family adapters under an exact
 trainable-parameter budget."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name):
     # Lazy, so that `lorabudget --help` and config validation do not pay for importing torch.
     if name == "load":
-        from .api import load
+        from .serve.api import load
 
         return load
     raise AttributeError(name)

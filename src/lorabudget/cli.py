@@ -10,8 +10,6 @@ from pathlib import Path
 
 from .errors import LorabudgetError
 
-DEFAULT_CONFIG_HINT = "configs/minilm-cpu.yaml"
-
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config file (see configs/); defaults apply without one")
@@ -63,7 +61,7 @@ def cmd_train(args) -> int:
         run.check_new(args.overwrite)  # every process checks; the main one clears the folder once setup passed
         resume = False
 
-    from .engine import train
+    from .train.recipe import train
 
     def announce(recipe) -> None:
         if recipe.main:
@@ -109,7 +107,8 @@ def _data_overrides(args) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate, format_report
+    from .metrics import format_report
+    from .serve.evaluate import evaluate
 
     scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args))
     print(f"evaluated {args.run} on {scores['data']}")
@@ -119,7 +118,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_file
+    from .serve.predict import predict_file
 
     result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
                           data_overrides=_data_overrides(args))
@@ -132,7 +131,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .predict import export_adapter, export_merged
+    from .serve.export import export_adapter, export_merged
 
     if not (args.merged or args.adapter):
         raise LorabudgetError("say what to export: --merged DIR (a plain transformers model) or --adapter DIR")
@@ -158,8 +157,8 @@ def cmd_config(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from . import planner
     from .config import load_config
+    from .tools import planner
 
     overrides = list(args.overrides) + ([f"budget={args.budget}"] if args.budget is not None else [])
     cfg = load_config(args.config, overrides)
@@ -178,7 +177,7 @@ def cmd_plan(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .config import load_config
-    from .sweep import Space, run_sweep
+    from .tools.sweep import Space, run_sweep
 
     base = load_config(args.config, _collect_overrides(args))
     space = Space.load(args.space)
@@ -202,7 +201,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .tools.report import write_report
 
     try:
         md, html = write_report(args.inputs, args.out, study_name=args.study)
@@ -214,7 +213,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="lorabudget", description="Fine-tune a frozen encoder with LoRA-family "
                                      "adapters under an exact trainable-parameter budget.")
@@ -265,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", action="store_true", help="list every config field with its default and help")
     p.set_defaults(func=cmd_config)
 
-    from .planner import HEURISTIC
+    from .tools.planner.search import HEURISTIC
 
     p = sub.add_parser(
         "plan", help="exact trainable count of a config, or search the allocations that fit a budget (no weights)",

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure atomically (a kill leaves the old picture or the new one) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -34,7 +35,7 @@ def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
     ax.set_title("Loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    written.append(_save(fig, folder / "loss.png"))
+    written.append(save_figure(fig, folder / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     if val:
@@ -50,7 +51,7 @@ def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
     ax.set_title("Validation accuracy")
     ax.grid(alpha=0.3)
     ax.legend()
-    written.append(_save(fig, folder / "accuracy.png"))
+    written.append(save_figure(fig, folder / "accuracy.png"))
     return written
 
 
@@ -71,4 +72,4 @@ def plot_confusion_matrix(cm, class_names: list[str], path: Path, title: str = "
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -1,0 +1,95 @@
+"""Export of a finished run as a portable model: the PEFT adapter as saved, or a plain transformers model with the
+adapters merged (a head the stock classes cannot express carries its own modeling file, from its HEADS entry)."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import RunDirError
+from ..model.heads import HEADS, model_family
+from ..rundir import open_finished, replace_dir
+from .api import Classifier
+
+
+def export_adapter(run_dir: str, out: str) -> Path:
+    """The PEFT adapter alone (head weights included), as the run saved it."""
+    run = open_finished(run_dir)
+    target = Path(out)
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(run.adapter, tmp)
+    replace_dir(tmp, target)
+    return target
+
+
+_MODELING_HEADER = '''"""A {family} classifier with lorabudget's {head!r} head, which the stock transformers
+classes cannot express. Written by `lorabudget export --merged --custom-code`. Loading this model runs this file:
+
+    AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)
+"""
+
+import torch
+from torch import nn
+from transformers import {base}
+
+
+'''
+
+_MODELING_CLASS = '''
+
+
+class {name}({base}):
+    def __init__(self, config):
+        super().__init__(config)
+        head = config.lorabudget_head
+        {install}(self, head["family"], head["rank"])
+'''
+
+
+def _modeling_source(family: str, head_type: str, base: str, name: str) -> str:
+    """What the head's entry in HEADS says an exported model needs (its modules and installer), copied from their
+    source: one definition, not a second copy."""
+    head = HEADS[head_type]
+    parts = [inspect.getsource(obj) for obj in head.exported]
+    return (_MODELING_HEADER.format(family=family, head=head_type, base=base) + "\n\n".join(parts)
+            + _MODELING_CLASS.format(name=name, base=base, install=head.install.__name__))
+
+
+def export_merged(run_dir: str, out: str, *, custom_code: bool = False) -> Path:
+    """A plain transformers model: adapters merged into the weights, head and tokenizer included. A head the
+    stock classes cannot express needs `custom_code`: the model then carries its own modeling file."""
+    run = open_finished(run_dir)
+    clf = Classifier(run, device="cpu", precision="fp32")
+    head = clf.config.head
+    custom = not HEADS[head.type].stock_loadable
+    if custom and not custom_code:
+        raise RunDirError(
+            f"head.type={head.type!r} has no counterpart in {type(clf.model).__name__}, so the run cannot become "
+            "a plain transformers model. Either export the adapter (--adapter DIR) and load it with "
+            "lorabudget.load(RUN), or add --custom-code for a model that carries its own modeling code (it then "
+            "loads only with trust_remote_code=True, which runs that code)")
+    target = Path(out)
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model = clf.model.to(torch.float32)
+    model.config.id2label = dict(enumerate(clf.class_names))
+    model.config.label2id = {n: i for i, n in enumerate(clf.class_names)}
+    if custom:
+        base = type(model).__name__
+        name = f"Lorabudget{base}"
+        model.config.lorabudget_head = {"family": model_family(model.config), "type": head.type, "rank": head.rank}
+        model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_lorabudget.{name}"}
+        model.config.architectures = [name]
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if custom:
+        source = _modeling_source(model.config.lorabudget_head["family"], head.type, base, name)
+        (tmp / "modeling_lorabudget.py").write_text(source)
+    clf.tokenizer.save_pretrained(str(tmp))
+    replace_dir(tmp, target)
+    return target

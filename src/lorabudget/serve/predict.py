@@ -1,0 +1,54 @@
+"""Batch prediction into Kaggle-style submission files (`ID,Label`, optionally with class probabilities)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import load_config, override_section
+from ..data import load_source
+from ..errors import LorabudgetError
+from ..rundir import atomic_write_text, open_finished
+from .api import Classifier
+
+LABEL_FORMATS = ("id", "name", "source")
+
+
+def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id", proba: bool = False,
+                 data_overrides: dict | None = None, progress: bool = True) -> dict:
+    """Write `ID,Label` rows (and class probabilities with `proba`) for every row of `source`."""
+    if label_format not in LABEL_FORMATS:
+        raise LorabudgetError(f"--label-format must be one of {', '.join(LABEL_FORMATS)}, not {label_format!r}")
+    run = open_finished(run_dir)
+    # checked before the model loads, as a config file is: a mistyped --set fails at once
+    data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
+    clf = Classifier(run)
+    dataset = load_source(data_cfg, source, labels=clf.labels, require_labels=False)
+    split = "test" if "test" in dataset.splits else "train"
+    examples = dataset.splits[split]
+    logits = clf.logits(clf.tokenize(examples.texts, progress=progress), batch_size=clf.config.eval.batch_size,
+                        progress=progress)
+    preds = logits.argmax(axis=1)
+    names = clf.class_names
+    codings = {"id": [str(i) for i in range(len(names))], "name": names, "source": clf.labels.source_values}
+    coding = codings[label_format]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = ["ID", "Label"] + ([f"p_{n}" for n in names] if proba else [])
+    w.writerow(header)
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy() if proba else None
+    for i, (row_id, p) in enumerate(zip(examples.ids, preds)):
+        row = [row_id, coding[p]]
+        if probs is not None:
+            row += [f"{x:.6f}" for x in probs[i]]
+        w.writerow(row)
+    atomic_write_text(Path(out), buf.getvalue())
+    result = {"rows": len(examples), "split": split, "out": str(out),
+              "counts": {names[k]: int(v) for k, v in zip(*np.unique(preds, return_counts=True))}}
+    if examples.labels is not None:
+        result["accuracy"] = float((preds == np.asarray(examples.labels)).mean())
+    return result

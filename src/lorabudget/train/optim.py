@@ -1,0 +1,72 @@
+"""The optimizer and its schedule: AdamW with decay on matrices only, warmup then linear or cosine decay, and how
+many steps a run takes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import OptimConfig
+from ..errors import ConfigError
+from ..model.budget import trained_parameters
+
+
+def lr_lambda(kind: str, warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        progress = min(max(progress, 0.0), 1.0)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices (adapter and head weights); leave biases, norms and DoRA magnitudes undecayed."""
+    decay, no_decay = [], []
+    for _, p in trained_parameters(model):
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    micro_per_epoch: int  # micro-batches per epoch on each process
+    steps_per_epoch: int  # optimizer steps
+    total_steps: int
+    warmup: int
+
+
+def plan_schedule(o: OptimConfig, micro_per_epoch: int, rows: int, world: int) -> Schedule:
+    if micro_per_epoch == 0:
+        raise ConfigError(f"optim.batch_size={o.batch_size} x {world} processes leaves no full batch for "
+                          f"{rows} training rows; lower the batch size")
+    steps_per_epoch = math.ceil(micro_per_epoch / o.grad_accum)
+    total = o.max_steps or max(1, math.ceil(o.epochs * steps_per_epoch))
+    warmup = o.warmup_steps if o.warmup_steps is not None else int(round(o.warmup_ratio * total))
+    if warmup >= total and total > 1:
+        raise ConfigError(f"warmup of {warmup} steps is not shorter than the whole run ({total} steps); lower "
+                          "optim.warmup_steps or optim.warmup_ratio")
+    return Schedule(micro_per_epoch, steps_per_epoch, total, warmup)
+
+
+def make_optimizer(model: torch.nn.Module, o: OptimConfig, schedule: Schedule):
+    """AdamW over what trains, and its learning-rate schedule (stepped by hand once per optimizer step)."""
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.scheduler, schedule.warmup,
+                                                                       schedule.total_steps))
+    return optimizer, scheduler

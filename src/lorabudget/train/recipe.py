@@ -1,0 +1,202 @@
+"""The training recipe: setup -> train -> finish, one readable loop on `accelerate`.
+
+The same code runs on a CPU, a GPU, or several processes under `accelerate launch` / `torchrun` (data parallel:
+each process takes every world-th batch; gradients are averaged by DDP). Only the main process writes the run
+directory. The loop reads top to bottom: batch, forward under autocast, loss, backward (accumulating), clip, step,
+schedule, log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import Config
+from ..errors import TrainingError
+from ..model.budget import format_breakdown
+from ..rundir import RunDir
+from ..runtime.batching import TokenBatches
+from ..runtime.forward import forward_logits
+from ..runtime.precision import DTYPES, autocast
+from ..runtime.prefix import cache_states
+from .accelerator import make_accelerator
+from .checkpoint import save_checkpoint, save_weights
+from .evaluation import record, validation_scores
+from .optim import class_weight_tensor, make_optimizer, plan_schedule
+from .run_files import finish_run, resume_run, start_run
+from .setup import epoch_batches, prepare_data, prepare_model
+
+
+class TrainingRecipe:
+    """One training run, from config to finished run directory (torchtune's recipe shape)."""
+
+    def __init__(self, cfg: Config, run: RunDir, *, resume: bool = False,
+                 on_evaluate: Callable[[int, dict], bool] | None = None):
+        # on_evaluate(step, validation scores) -> True asks the run to stop now (a sweep pruning a poor trial);
+        # the run then finishes normally, best adapter saved, with `stopped_by: "callback"` in its summary.
+        self.cfg, self.run, self.resume, self.on_evaluate = cfg, run, resume, on_evaluate
+
+    # ---- setup ---------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        from transformers import set_seed
+
+        cfg = self.cfg
+        acc, self.precision = make_accelerator(cfg, self.run)
+        self.accelerator, self.main, self.device = acc, acc.is_main_process, acc.device
+        self.world, self.rank = acc.num_processes, acc.process_index
+        self.dtype = DTYPES[self.precision] if self.precision in ("bf16", "fp16") else None  # autocast's
+        self.progress = cfg.logging.progress and self.main
+        self.say = tqdm.write if self.main else lambda text: None  # a line for the user, from one process
+
+        d = prepare_data(cfg, self.progress)
+        self.data, self.labels, self.tokenizer, self.pad_id = d.data, d.data.labels, d.tokenizer, d.pad_id
+        self.train_data, self.val_data = d.train, d.validation
+
+        set_seed(cfg.seed)  # head init, adapter init and dropout all follow the training seed
+        m = prepare_model(cfg, self.labels, self.precision, self.device, say=self.say)
+        self.adapted, model, self.inner, self.prefix = m.adapted, m.adapted.model, m.inner, m.prefix
+        self.compiled, self.fast_dropouts = m.compiled, m.fast_dropouts
+        self.cache_storage: str | None = None  # 'memory' or 'disk', decided when the states are computed
+        self.train_source = TokenBatches(self.train_data, self.pad_id)
+        self.val_source = TokenBatches(self.val_data, self.pad_id)
+        self.class_weights = (class_weight_tensor(self.train_data.labels, len(self.labels.names)).to(self.device)
+                              if cfg.optim.class_weights == "balanced" else None)
+
+        self.schedule = plan_schedule(cfg.optim, len(self._epoch_batches(0)), len(self.train_data), self.world)
+        optimizer, self.scheduler = make_optimizer(model, cfg.optim, self.schedule)
+        self.model, self.optimizer = acc.prepare(model, optimizer)  # the scheduler is stepped by hand, alike
+        # dynamic=True: length buckets change the sequence length every batch; one graph serves them all.
+        self.train_forward = torch.compile(self.model, dynamic=True) if self.compiled else self.model
+        self.forward = partial(forward_logits, inner=self.inner)
+        self.eval_every = cfg.eval.every_steps or self.schedule.steps_per_epoch
+        self.state = resume_run(self) if self.resume else start_run(self)
+        if cfg.logging.tensorboard:
+            acc.init_trackers("lorabudget", config={k: str(v) for k, v in cfg.model_dump().items()})
+
+    # Shortcuts for callers that announce the run (cli, sweep, benchmarks)
+    total_steps = property(lambda self: self.schedule.total_steps)
+    steps_per_epoch = property(lambda self: self.schedule.steps_per_epoch)
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        return epoch_batches(self.cfg, self.train_data.lengths, epoch, self.rank, self.world)
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def train(self) -> dict:
+        cfg, acc, st, o = self.cfg, self.accelerator, self.state, self.cfg.optim
+        model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
+        model.train()
+        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", unit="step", disable=not self.progress)
+        window_loss, window_n = 0.0, 0
+        started = time.perf_counter()
+        if self.prefix:  # inside the timed span: the caching pass is part of training's cost
+            (self.train_source, self.val_source), self.cache_storage = cache_states(
+                acc.unwrap_model(model), [self.train_data, self.val_data], self.prefix,
+                setting=cfg.speed.prefix_cache_storage, pad_id=self.pad_id, device=self.device, dtype=self.dtype,
+                progress=self.progress, say=self.say)
+        batches = self._epoch_batches(st.epoch)
+        while st.step < self.total_steps and not st.stopped_early:
+            if st.step_in_epoch >= self.steps_per_epoch:  # epoch boundary
+                st.epoch, st.step_in_epoch = st.epoch + 1, 0
+                batches = self._epoch_batches(st.epoch)
+            first = st.step_in_epoch * o.grad_accum
+            micro = batches[first:first + o.grad_accum]
+            step_loss = 0.0
+            for i, index in enumerate(micro):
+                batch = self.train_source.batch(index)
+                # DDP averages gradients only on the last micro-batch of an accumulation window
+                sync = acc.no_sync(model) if i < len(micro) - 1 else nullcontext()
+                with sync, autocast(self.device, self.dtype):
+                    logits = self.forward(self.train_forward, batch, self.device)
+                    loss = F.cross_entropy(logits.float(), batch["labels"].to(self.device), weight=self.class_weights,
+                                           label_smoothing=o.label_smoothing)
+                    acc.backward(loss / len(micro))
+                step_loss += loss.item() / len(micro)
+                st.samples += len(index) * self.world
+            if not math.isfinite(step_loss):
+                self._fail(f"the training loss became {step_loss} at step {st.step + 1}; the last good checkpoint "
+                           "is kept. Lower optim.lr, or use fp32/bf16 instead of fp16")
+            if o.max_grad_norm is not None:
+                acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], o.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            st.step += 1
+            st.step_in_epoch += 1
+            window_loss, window_n = window_loss + step_loss, window_n + 1
+            bar.update(1)
+
+            if st.step % cfg.logging.every_steps == 0 or st.step == self.total_steps:
+                mean = float(acc.reduce(torch.tensor(window_loss / window_n, device=self.device), "mean"))
+                self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), "train_loss": mean,
+                           "lr": scheduler.get_last_lr()[0]})
+                bar.set_postfix(loss=f"{mean:.4f}")
+                window_loss, window_n = 0.0, 0
+
+            if st.step % self.eval_every == 0 or st.step == self.total_steps:
+                st.train_seconds += time.perf_counter() - started
+                self._evaluate_and_checkpoint(bar)
+                started = time.perf_counter()
+        st.train_seconds += time.perf_counter() - started
+        bar.close()
+        return self._finish()
+
+    def _log(self, record: dict) -> None:
+        if self.main:
+            self.run.append_metrics(record)
+        if self.cfg.logging.tensorboard:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    def validate(self) -> dict:
+        return validation_scores(self.accelerator, self.accelerator.unwrap_model(self.model), self.val_source,
+                                 self.val_data.labels, self.labels.names, batch_size=self.cfg.eval.batch_size,
+                                 dtype=self.dtype, forward=self.forward)
+
+    def _evaluate_and_checkpoint(self, bar) -> None:
+        st = self.state
+        scores = self.validate()
+        improved = record(st, scores, self.cfg.eval)
+        if self.on_evaluate is not None and self.on_evaluate(st.step, scores):
+            st.stopped_early, st.stopped_by = True, "callback"
+        self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
+                   "val_loss": scores["loss"], "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"],
+                   "train_seconds": round(st.train_seconds, 2)})  # training time so far: time-to-accuracy
+        bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
+        if self.main:
+            model = self.accelerator.unwrap_model(self.model)
+            if improved:
+                save_weights(model, self.run.best)
+            save_checkpoint(self.run.last, model, self.optimizer, self.scheduler, st.to_json())
+        self.last_scores = scores
+        self.accelerator.wait_for_everyone()
+
+    def _fail(self, message: str) -> None:
+        if self.main:
+            self.run.set_status("failed", reason=message, step=self.state.step)
+        raise TrainingError(message)
+
+    # ---- finish --------------------------------------------------------------------------------------------
+    def _finish(self) -> dict:
+        final_scores = getattr(self, "last_scores", None) or self.validate()
+        return finish_run(self, final_scores)
+
+    def describe(self) -> str:
+        return format_breakdown(self.adapted.breakdown, self.cfg.budget)
+
+
+def train(cfg: Config, run: RunDir, *, resume: bool = False, on_ready=None,
+          on_evaluate: Callable[[int, dict], bool] | None = None) -> dict:
+    """Train `cfg` into `run` (a RunDir the caller has checked with `check_new`, or an unfinished one to resume).
+    Returns the summary (empty on non-main processes)."""
+    recipe = TrainingRecipe(cfg, run, resume=resume, on_evaluate=on_evaluate)
+    recipe.setup()
+    if on_ready is not None:
+        on_ready(recipe)
+    return recipe.train()

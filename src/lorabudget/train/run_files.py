@@ -1,0 +1,122 @@
+"""What a recipe writes into its run directory besides checkpoints: the header when it starts (config, labels,
+split), where a resumed run takes up, and when it finishes the adapter (peft's format, head included), the
+plots and the summary. Only the main process writes."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from ..config import dump_config
+from ..rundir import RunDir, atomic_write_json, atomic_write_text, replace_dir
+from ..version import __version__
+from .checkpoint import load_checkpoint, load_weights
+from .evaluation import LoopState
+
+
+def library_versions() -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    return {"lorabudget": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def data_facts(recipe) -> dict:
+    """Which rows a run trained and was scored on (split.json, and the summary's `data`)."""
+    split = recipe.data.split
+    return {"source": recipe.data.dataset.source, "train_rows": len(split.train),
+            "validation_rows": len(split.validation), "validation_hash": split.validation_hash,
+            "split_seed": recipe.cfg.data.split_seed}
+
+
+def write_run_header(recipe) -> None:
+    run = recipe.run
+    atomic_write_text(run.config, dump_config(recipe.cfg))
+    atomic_write_json(run.labels, recipe.labels.to_json())
+    atomic_write_json(run.path / "split.json", data_facts(recipe))
+    run.set_status("running")
+
+
+def start_run(recipe) -> LoopState:
+    """A new run: the folder is cleared only now, so a config, data or model error in setup leaves an older run
+    untouched."""
+    if recipe.main:
+        recipe.run.reset()
+        write_run_header(recipe)
+    return LoopState()
+
+
+def resume_run(recipe) -> LoopState:
+    """A killed run, from its last checkpoint: weights, optimizer, schedule, random state and loop state; the
+    metrics logged after that checkpoint are dropped, since those steps are about to be redone."""
+    acc = recipe.accelerator
+    state = LoopState(**load_checkpoint(recipe.run.last, acc.unwrap_model(recipe.model), recipe.optimizer,
+                                        recipe.scheduler))
+    if recipe.main:
+        recipe.run.truncate_metrics(state.step)
+    return state
+
+
+def save_adapter(run: RunDir, model, recipe) -> None:
+    tmp = run.adapter.with_name("adapter.tmp")
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    recipe.tokenizer.save_pretrained(str(tmp))
+    atomic_write_json(tmp / "lorabudget_head.json", {
+        "head": recipe.adapted.head.type, "base_model": recipe.cfg.model.name,
+        "stock_loadable": recipe.adapted.head.stock_loadable, "labels": recipe.labels.names,
+        "note": "load with lorabudget.load(RUN); with head 'default' or 'pooler' PeftModel.from_pretrained onto "
+                "AutoModelForSequenceClassification works too"})
+    replace_dir(tmp, run.adapter)
+
+
+def run_summary(recipe, model, final_scores: dict) -> dict:
+    """summary.json: best and final scores, the trainable breakdown, timing, how it ran, versions."""
+    st, cfg, sched = recipe.state, recipe.cfg, recipe.schedule
+    return {
+        "finished": True,
+        "best": {"step": st.best_step, "metric": cfg.eval.metric, **(st.best_scores or {})},
+        "final": {"step": st.step, **{k: final_scores[k] for k in ("accuracy", "macro_f1", "loss")}},
+        "steps": st.step, "total_steps": sched.total_steps, "epochs": round(st.step / sched.steps_per_epoch, 4),
+        "stopped_early": st.stopped_early,
+        "stopped_by": st.stopped_by or ("early_stopping" if st.stopped_early else None),
+        "trainable_params": recipe.adapted.breakdown.total,
+        "budget": cfg.budget,
+        "breakdown": recipe.adapted.breakdown.to_json(),
+        "train_seconds": round(st.train_seconds, 2),
+        "train_samples_per_s": round(st.samples / max(st.train_seconds, 1e-9), 2),
+        "train_samples": st.samples,
+        "num_processes": recipe.world,
+        "encoder_layers": getattr(model.config, "num_hidden_layers", None),
+        "frozen_prefix_cached_layers": recipe.prefix,
+        "prefix_cache_storage": recipe.cache_storage,
+        "compiled": recipe.compiled,
+        "fast_dropout_modules": recipe.fast_dropouts,
+        "threads": torch.get_num_threads(),
+        "device": str(recipe.device), "precision": recipe.precision,
+        "data": data_facts(recipe),
+        "labels": recipe.labels.names,
+        "versions": library_versions(),
+    }
+
+
+def finish_run(recipe, final_scores: dict) -> dict:
+    """The main process ships the best adapter (not the last), the plots and the summary, then marks the run
+    finished; every process waits for it. Returns the summary (empty on other processes)."""
+    from ..plots import plot_training_curves
+
+    acc, run, summary = recipe.accelerator, recipe.run, None
+    if recipe.main:
+        model = acc.unwrap_model(recipe.model)
+        load_weights(model, run.best)
+        save_adapter(run, model, recipe)
+        summary = run_summary(recipe, model, final_scores)
+        plot_training_curves(run.read_metrics(), run.plots)
+        atomic_write_json(run.summary_file, summary)
+        run.set_status("finished")
+    acc.wait_for_everyone()
+    if recipe.cfg.logging.tensorboard:
+        acc.end_training()
+    return summary or {}

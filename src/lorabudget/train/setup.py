@@ -1,0 +1,76 @@
+"""Pieces of a recipe's setup: its data tokenized, the adapted model made ready to train on its device, and each
+epoch's batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data import LabelSpace, TrainingData, load_training_data
+from ..model.backbone import load_tokenizer
+from ..model.build import AdaptedModel, build_adapted_model
+from ..runtime.batching import train_batches
+from ..runtime.fastdropout import use_fast_dropout
+from ..runtime.precision import hold_frozen_in
+from ..runtime.prefix import encoder_model, frozen_prefix_length
+from ..runtime.tokens import Tokenized, tokenize
+
+
+@dataclass
+class PreparedData:
+    data: TrainingData
+    tokenizer: object
+    pad_id: int
+    train: Tokenized
+    validation: Tokenized
+
+
+def prepare_data(cfg: Config, progress: bool) -> PreparedData:
+    """The run's training data, split, and both splits tokenized (once: the token ids are cached on disk)."""
+    data = load_training_data(cfg)
+    tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train, validation = (tokenize(part.texts, part.labels, tokenizer, cfg.model.max_length, progress=progress,
+                                  desc=f"tokenize {name}")
+                         for name, part in (("train", data.split.train), ("validation", data.split.validation)))
+    return PreparedData(data, tokenizer, pad_id, train, validation)
+
+
+@dataclass
+class PreparedModel:
+    adapted: AdaptedModel
+    inner: torch.nn.Module | None  # the encoder inside the peft model
+    prefix: int  # encoder layers computed once and cached (0: none)
+    compiled: bool  # whether the training forward runs under torch.compile
+    fast_dropouts: int  # dropout modules swapped for runtime.fastdropout's
+
+
+def prepare_model(cfg: Config, labels: LabelSpace, precision: str, device: torch.device, say) -> PreparedModel:
+    """The adapted model on `device`: frozen weights held in bf16 when it trains in bf16, and the speed settings
+    that apply to it decided (which prefix to cache, compile or fast dropout)."""
+    adapted = build_adapted_model(cfg, labels)
+    model = adapted.model
+    if precision == "bf16":
+        hold_frozen_in(model, torch.bfloat16)
+    model.to(device)
+    prefix = frozen_prefix_length(model) if cfg.speed.cache_frozen_prefix else 0
+    # Compiled for the training forward only: the module (names, checkpoints, evaluation) stays the same.
+    # Not with a cached prefix: its forward swaps modules in and out, which would recompile every step.
+    compiled = cfg.speed.compile and not prefix
+    if cfg.speed.compile and prefix:
+        say("speed.compile is not applied: the frozen prefix is cached, and its forward swaps modules")
+    # Not under torch.compile: it generates a fast dropout itself, and numpy calls would break its graph.
+    fast = use_fast_dropout(model) if cfg.speed.fast_dropout and device.type == "cpu" and not compiled else 0
+    return PreparedModel(adapted, encoder_model(model), prefix, compiled, fast)
+
+
+def epoch_batches(cfg: Config, lengths: np.ndarray, epoch: int, rank: int, world: int) -> list[np.ndarray]:
+    """This process's micro-batches of an epoch: a pure function of (seed, epoch), equal count per process."""
+    s = cfg.speed
+    batches = train_batches(lengths, cfg.optim.batch_size, cfg.seed, epoch, bucket=s.length_buckets,
+                            window_batches=s.bucket_size_batches)
+    per_rank = len(batches) // world
+    return batches[rank::world][:per_rank]
