@@ -8,7 +8,7 @@ Two measurements, each alternating the two variants in one process so machine no
   steps   seconds per training step (forward + backward, batch 32 x 50 tokens) of the packaged MiniLM with
           its adapters, for LoRA r=4 on all six linear types of every layer (the study's 300-step winner) and
           for LoRA on q,v r=8,
-          with torch's dropout modules, with FastDropout swapped in (what the engine does on CPUs), and with
+          with torch's dropout modules, with FastDropout swapped in (what training does on CPUs), and with
           every dropout probability set to 0 (the floor: what all dropout costs, attention's included, which
           runs inside SDPA and is not swapped)
 """

@@ -241,6 +241,14 @@ CASES = {
         lambda c: ["predict", str(c.copy_finished()), "--out", str(c.tmp / "sub.csv"),
                    "--data", str(c.csv("test.csv", ["ID,text", "7,one text", ",two"]))],
         ("test.csv", "line 3", "empty id"), out="kept"),
+    "predict-unknown-data-override": Case(
+        lambda c: ["predict", str(c.copy_finished()), "--out", str(c.tmp / "sub.csv"),
+                   "--data", str(c.csv("test.csv", ["ID,text", "7,one text"])), "--set", "data.text_colum=body"],
+        ("data.text_colum", "unknown field"), out="kept"),
+    "predict-bad-data-override-value": Case(
+        lambda c: ["predict", str(c.copy_finished()), "--out", str(c.tmp / "sub.csv"),
+                   "--data", str(c.csv("test.csv", ["ID,text", "7,one text"])), "--set", "data.validation_size=abc"],
+        ("data.validation_size", "abc"), out="kept"),
 }
 
 

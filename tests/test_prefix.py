@@ -146,3 +146,24 @@ def test_compile_is_not_applied_over_a_cached_prefix(tiny_roberta, easy_csv, tmp
     assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frozen_prefix_cached_layers"] == 1 and summary["compiled"] is False
+
+
+def test_disk_cache_reserves_its_space_where_the_os_has_no_posix_fallocate(tmp_path, monkeypatch):
+    """macOS has no os.posix_fallocate: the file is extended after a check of the free space, and a disk too
+    small is the same clear error as elsewhere, not an AttributeError."""
+    import shutil
+    from collections import namedtuple
+
+    import torch
+
+    from lorabudget.errors import TrainingError
+    from lorabudget.runtime.cache_storage import disk_tensor
+
+    monkeypatch.delattr("os.posix_fallocate", raising=False)
+    states = disk_tensor((10, 4), torch.float16, tmp_path)
+    states[:] = 1.5
+    assert states.shape == (10, 4) and float(states.sum()) == 60.0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(100, 90, 10))
+    with pytest.raises(TrainingError, match="no room for the cached states"):
+        disk_tensor((10, 4), torch.float16, tmp_path)

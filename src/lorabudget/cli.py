@@ -10,6 +10,19 @@ from pathlib import Path
 
 from .errors import LorabudgetError
 
+PLAN_DESCRIPTION = " ".join("""
+Without --model: build the config's shape on the meta device and print its exact trainable breakdown (per module
+type, per layer, head, biases, DoRA magnitudes) and whether it fits the budget; exit 2 when it does not. With
+--model: enumerate allocations (ranks per module type, module types, layers: all / top k / --layers, bias mode,
+head, LoRA or DoRA) that fit --budget, counted with closed-form arithmetic and checked against the built model on
+the meta device.""".split())
+SWEEP_DESCRIPTION = " ".join("""
+Run or continue an Optuna study over a search space (YAML, see configs/space-*.yaml) on top of a base config. Each
+candidate is counted exactly before it may train: one over the budget is skipped (a FAIL trial marked 'skipped'
+that never trains and does not count). Each trial trains into OUT/trials/trial-NNNN/; poor trials are pruned on
+their validation score. Run the same command again to continue a killed or interrupted sweep; run it on several
+machines with one --storage to share a study.""".split())
+
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config file (see configs/); defaults apply without one")
@@ -268,11 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "plan", help="exact trainable count of a config, or search the allocations that fit a budget (no weights)",
-        description="Without --model: build the config's shape on the meta device and print its exact trainable "
-        "breakdown (per module type, per layer, head, biases, DoRA magnitudes) and whether it fits the budget; "
-        "exit 2 when it does not. With --model: enumerate allocations (ranks per module type, module types, "
-        "layers: all / top k / --layers, bias mode, head, LoRA or DoRA) that fit --budget, counted with "
-        "closed-form arithmetic and checked against the built model on the meta device. " + HEURISTIC)
+        description=PLAN_DESCRIPTION + " " + HEURISTIC)
     p.add_argument("-c", "--config", help="YAML config: the one to count, or the base of written candidates")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set head.rank=16 (repeatable)")
@@ -299,12 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sweep", help="search hyperparameters with Optuna: every candidate within the budget, resumable",
-        description="Run or continue an Optuna study over a search space (YAML, see configs/space-*.yaml) on "
-        "top of a base config. Each candidate is counted exactly before it may train: one over the budget "
-        "is skipped (a FAIL trial marked 'skipped' that never trains and does not count). Each trial trains "
-        "into OUT/trials/trial-NNNN/; poor trials are pruned on their validation score. Run the same command "
-        "again to continue a killed or interrupted sweep; run it on several machines with one --storage to "
-        "share a study.")
+        description=SWEEP_DESCRIPTION)
     _config_args(p)
     p.add_argument("--space", required=True, help="search space YAML (see configs/space-*.yaml)")
     p.add_argument("--trials", type=int, required=True,

@@ -21,6 +21,14 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def _label_axes(ax, ylabel: str, title: str) -> None:
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+
 def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
     train = [r for r in records if "train_loss" in r]
     val = [r for r in records if "val_accuracy" in r]
@@ -30,11 +38,7 @@ def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
         ax.plot([r["step"] for r in train], [r["train_loss"] for r in train], label="train loss", lw=1)
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss", lw=1.5)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_title("Loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label_axes(ax, "cross-entropy", "Loss")
     written.append(save_figure(fig, folder / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -46,11 +50,7 @@ def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
         ax.annotate(f"{best['val_accuracy']:.4f}", (best["step"], best["val_accuracy"]),
                     textcoords="offset points", xytext=(0, 8), ha="center")
         ax.margins(y=0.12)  # room for the label above the best point, clear of the title
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("validation score")
-    ax.set_title("Validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    _label_axes(ax, "validation score", "Validation accuracy")
     written.append(save_figure(fig, folder / "accuracy.png"))
     return written
 

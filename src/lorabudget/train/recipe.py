@@ -31,7 +31,7 @@ from .accelerator import make_accelerator
 from .checkpoint import save_checkpoint, save_weights
 from .evaluation import record, validation_scores
 from .optim import class_weight_tensor, make_optimizer, plan_schedule
-from .run_files import finish_run, resume_run, start_run
+from .run_files import finish_run, log_metrics, resume_run, start_run
 from .setup import epoch_batches, prepare_data, prepare_model
 
 
@@ -135,8 +135,8 @@ class TrainingRecipe:
 
             if st.step % cfg.logging.every_steps == 0 or st.step == self.total_steps:
                 mean = float(acc.reduce(torch.tensor(window_loss / window_n, device=self.device), "mean"))
-                self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4), "train_loss": mean,
-                           "lr": scheduler.get_last_lr()[0]})
+                log_metrics(self, {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
+                                   "train_loss": mean, "lr": scheduler.get_last_lr()[0]})
                 bar.set_postfix(loss=f"{mean:.4f}")
                 window_loss, window_n = 0.0, 0
 
@@ -147,12 +147,6 @@ class TrainingRecipe:
         st.train_seconds += time.perf_counter() - started
         bar.close()
         return self._finish()
-
-    def _log(self, record: dict) -> None:
-        if self.main:
-            self.run.append_metrics(record)
-        if self.cfg.logging.tensorboard:
-            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
     def validate(self) -> dict:
         return validation_scores(self.accelerator, self.accelerator.unwrap_model(self.model), self.val_source,
@@ -165,9 +159,10 @@ class TrainingRecipe:
         improved = record(st, scores, self.cfg.eval)
         if self.on_evaluate is not None and self.on_evaluate(st.step, scores):
             st.stopped_early, st.stopped_by = True, "callback"
-        self._log({"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
-                   "val_loss": scores["loss"], "val_accuracy": scores["accuracy"], "val_macro_f1": scores["macro_f1"],
-                   "train_seconds": round(st.train_seconds, 2)})  # training time so far: time-to-accuracy
+        # train_seconds: the training time so far, for time-to-accuracy
+        log_metrics(self, {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
+                           "val_loss": scores["loss"], "val_accuracy": scores["accuracy"],
+                           "val_macro_f1": scores["macro_f1"], "train_seconds": round(st.train_seconds, 2)})
         bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
         if self.main:
             model = self.accelerator.unwrap_model(self.model)

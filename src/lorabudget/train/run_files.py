@@ -60,6 +60,14 @@ def resume_run(recipe) -> LoopState:
     return state
 
 
+def log_metrics(recipe, record: dict) -> None:
+    """One line of metrics.jsonl (a logging step or an evaluation), and TensorBoard when asked."""
+    if recipe.main:
+        recipe.run.append_metrics(record)
+    if recipe.cfg.logging.tensorboard:
+        recipe.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+
 def save_adapter(run: RunDir, model, recipe) -> None:
     tmp = run.adapter.with_name("adapter.tmp")
     model.save_pretrained(str(tmp), safe_serialization=True)

@@ -4,7 +4,7 @@ budget first.
     base config (+ --set, --data)  +  search space (YAML)  ->  Optuna study (SQLite in OUT/study.db, or any
     SQLAlchemy URL)  ->  one run directory per trial, OUT/trials/trial-0007/
 
-What Optuna does, Optuna does: sampling (TPE, grid, random), pruning (MedianPruner, fed through the engine's
+What Optuna does, Optuna does: sampling (TPE, grid, random), pruning (MedianPruner, fed through the training recipe's
 `on_evaluate` hook), storage, heartbeats and the retry of a trial whose worker died. What this module adds:
 
 - the space file: typed parameters on dotted config fields, a value relative to another (`adapter.alpha` as a

@@ -105,7 +105,7 @@ def objective(ctx: SweepContext, trial) -> float:
         ctx.status(f"trial {trial.number}: step {step}/{total.get('steps', '?')} {ctx.metric} {value:.4f}")
         if trial.should_prune():
             trial.set_user_attr("pruned_at_step", step)
-            return True  # the engine stops and finishes the run (best adapter saved, summary written)
+            return True  # the recipe stops and finishes the run (best adapter saved, summary written)
         return False
 
     try:
