@@ -150,3 +150,15 @@ def test_modules_and_classes_stay_small(path):
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.ClassDef):
             assert node.end_lineno - node.lineno + 1 <= MAX_CLASS_LINES, f"class {node.name}"
+
+
+def test_loading_a_run_for_inference_does_not_pull_in_training():
+    """`lorabudget.load` (serve.api) reaches the model and runtime stages, never the training recipe."""
+    graph = import_graph(SRC)
+    seen, todo = set(), ["lorabudget.serve.api"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph[module])
+    assert sorted(m for m in seen if m.startswith(("lorabudget.train", "lorabudget.tools"))) == []
