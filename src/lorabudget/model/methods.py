@@ -28,7 +28,7 @@ class Method:
     # (in features, out features, rank, options) -> {budget group's first words: count} for one adapted linear
     linear_params: Callable[[int, int, int, dict], dict[str, int]]
     # the planner's variants: name -> the adapter options it sets (lora: plain, dora: with magnitudes)
-    variants: dict[str, dict] = field(default_factory=lambda: {})
+    variants: dict[str, dict] = field(default_factory=dict)
 
     def group(self, name: str) -> str | None:
         """The budget group of a trainable parameter ('lora attention.self.query'), or None if not this

@@ -11,11 +11,11 @@ from typing import Any
 
 from ...plots import plt, save_figure
 from .collect import Run
-from .groups import Group, _same, fmt_value
+from .groups import Group, comparable, fmt_value
 from .labels import place_labels
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
 
 
@@ -35,7 +35,7 @@ def plot_curves_by(runs: list[Run], key: str | None, label: str, path: Path) -> 
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     values = [r.config.get(key) if key else r.name for r in runs]
-    distinct = sorted({_same(v) for v in values}, key=_value_order)
+    distinct = sorted({comparable(v) for v in values}, key=_value_order)
     continuous = _numeric([json.loads(s) for s in distinct]) and len(distinct) > 6
     if continuous:  # many numbers (a sampled learning rate): a colour scale, log where the range is wide
         nums = [float(json.loads(s)) for s in distinct]
@@ -45,10 +45,10 @@ def plot_curves_by(runs: list[Run], key: str | None, label: str, path: Path) -> 
     palette = mpl.colormaps["tab10"]
     labelled = set()
     # runs drawn in value order, so that the legend lists the values in order
-    order = sorted(range(len(runs)), key=lambda i: (distinct.index(_same(values[i])), runs[i].name))
+    order = sorted(range(len(runs)), key=lambda i: (distinct.index(comparable(values[i])), runs[i].name))
     for run, value in ((runs[i], values[i]) for i in order):
         steps, acc = run.curve
-        s = _same(value)
+        s = comparable(value)
         color = cmap(norm(float(value))) if continuous else palette(distinct.index(s) % 10)
         text = None if continuous or s in labelled else f"{label}={fmt_value(value)}" if key else run.name
         labelled.add(s)

@@ -11,7 +11,7 @@ from typing import Any
 from .collect import Run
 
 
-def _same(value: Any) -> str:
+def comparable(value: Any) -> str:
     """A comparable form of a config value (lists and tuples alike)."""
     return json.dumps(value, sort_keys=True)
 
@@ -19,7 +19,7 @@ def _same(value: Any) -> str:
 def varied_keys(runs: list[Run]) -> list[str]:
     """Config fields whose value differs between runs, seed excluded (seeds make groups, not figures)."""
     keys = sorted({k for r in runs for k in r.config})
-    return [k for k in keys if len({_same(r.config.get(k)) for r in runs}) > 1]
+    return [k for k in keys if len({comparable(r.config.get(k)) for r in runs}) > 1]
 
 
 @dataclass
@@ -47,7 +47,7 @@ def group_by_seed(runs: list[Run]) -> list[Group]:
     experiment: one leaderboard row, best first."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        key = _same(r.config)
+        key = comparable(r.config)
         groups.setdefault(key, []).append(r)
     out = [Group(sorted(g, key=lambda r: (r.seed or 0, r.name))) for g in groups.values()]
     return sorted(out, key=lambda g: (-g.mean, g.runs[0].summary.get("trainable_params", 0), g.runs[0].name))

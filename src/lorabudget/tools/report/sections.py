@@ -21,7 +21,7 @@ from ...errors import LorabudgetError, RunDirError
 from ...rundir import atomic_write_text
 from .collect import Collection, Run, collect
 from .document import Figure, Heading, Table, Text, render_html, render_markdown
-from .figures import _slug, plot_accuracy_vs_params, plot_curves_by, plot_study
+from .figures import plot_accuracy_vs_params, plot_curves_by, plot_study, slug
 from .groups import Group, describe, fmt_seconds, group_by_seed, short_keys, varied_keys
 
 
@@ -88,11 +88,11 @@ def study_section(study, figures: Path) -> list:
     if complete < 2:
         return blocks + [Text("Parameter importances and the parallel-coordinate plot need two complete "
                               "trials.")]
-    slug = _slug(study.study_name)
+    name = slug(study.study_name)
     for kind, caption in (("importances", "Parameter importances (Optuna, complete trials)"),
                           ("parallel", "Parallel coordinates of the complete trials (Optuna)")):
         try:
-            blocks.append(Figure(plot_study(study, kind, figures / f"study-{slug}-{kind}.png"), caption))
+            blocks.append(Figure(plot_study(study, kind, figures / f"study-{name}-{kind}.png"), caption))
         except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied among the complete trials
             blocks.append(Text(f"{caption}: not drawn ({exc})."))
     return blocks
@@ -126,7 +126,7 @@ def build(col: Collection, out: Path, progress: bool = True) -> list:
     bar = tqdm(total=len(tasks) + 2 + len(col.studies), desc="report", unit="figure", disable=not progress)
     blocks.append(Heading("Validation accuracy during training"))
     for key, label in tasks:
-        path = plot_curves_by(runs, key, label, figures / f"curves-{_slug(key or 'runs')}.png")
+        path = plot_curves_by(runs, key, label, figures / f"curves-{slug(key or 'runs')}.png")
         blocks.append(Figure(path, f"Validation accuracy against step, coloured by {key or 'run'}"))
         bar.update()
     blocks += [Heading("Accuracy against trainable parameters"),
