@@ -143,7 +143,7 @@ def check_family(head_type: str, family: str, model_type: str) -> Head:
     """The head's entry, or a ModelError saying which families offer it."""
     head = lookup(head_type)
     if head.families is not None and family not in head.families:
-        offered = " and ".join(f"{FAMILY_NAMES.get(f, f)}-" for f in head.families)[:-1]
+        offered = "- and ".join(FAMILY_NAMES.get(f, f) for f in head.families)  # 'roberta- and BERT'
         raise ModelError(f"head.type={head_type} is available for {offered}-style models, not {model_type!r}"
                          f"{head.unavailable_hint}")
     return head

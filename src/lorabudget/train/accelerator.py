@@ -11,7 +11,7 @@ from ..runtime.precision import resolve_precision
 
 
 def make_accelerator(cfg: Config, run: RunDir | None = None):
-    """(accelerator, resolved precision). Autocast is applied by the forward (runtime.precision.autocast), so
+    """(accelerator, resolved precision). Autocast is applied around each forward (runtime.precision.autocast), so
     accelerate only handles fp16 loss scaling."""
     from accelerate import Accelerator
 

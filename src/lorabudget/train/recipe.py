@@ -52,7 +52,7 @@ class TrainingRecipe:
         acc, self.precision = make_accelerator(cfg, self.run)
         self.accelerator, self.main, self.device = acc, acc.is_main_process, acc.device
         self.world, self.rank = acc.num_processes, acc.process_index
-        self.dtype = DTYPES[self.precision] if self.precision in ("bf16", "fp16") else None  # autocast's
+        self.dtype = DTYPES[self.precision]  # what the forward autocasts to (fp32: no autocast)
         self.progress = cfg.logging.progress and self.main
         self.say = tqdm.write if self.main else lambda text: None  # a line for the user, from one process
 
