@@ -15,7 +15,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # (module name or package prefix, stage). The most specific entry names a module's stage.
 STAGES = [
     # the base: no lorabudget imports but each other
-    ("lorabudget.version", 0), ("lorabudget.errors", 0), ("lorabudget.rundir", 0), ("lorabudget.metrics", 0),
+    ("lorabudget.version", 0), ("lorabudget.errors", 0), ("lorabudget.runlock", 0), ("lorabudget.rundir", 0),
+    ("lorabudget.metrics", 0),
     ("lorabudget.plots", 0),
     # the extension tables: the vocabulary the config is written in (head types, adapter methods)
     ("lorabudget.model.heads", 1), ("lorabudget.model.head_modules", 1), ("lorabudget.model.methods", 1),

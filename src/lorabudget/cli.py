@@ -54,26 +54,44 @@ def _default_output_dir(cfg) -> str:
 def cmd_train(args) -> int:
     from .config import load_config
     from .rundir import RunDir
+    from .runlock import command_line
+    from .train.stopping import is_main_process
 
     if args.resume:
         run = RunDir(args.resume)
         if not run.config.is_file():
             raise LorabudgetError(f"{run.path} is not a run directory (no config.yaml); nothing to resume")
-        if run.is_finished():
-            print(f"{run.path} already finished; nothing to resume")
-            return 0
         if args.config or args.overrides or args.data:
             raise LorabudgetError("--resume continues a run with its own config; drop -c/--set/--data")
-        cfg = load_config(run.config)
-        resume = run.last.is_dir()
+        cfg = None
     else:
         cfg = load_config(args.config, _collect_overrides(args))
         if cfg.output_dir is None:
             cfg = cfg.model_copy(update={"output_dir": _default_output_dir(cfg)})
         run = RunDir(cfg.output_dir)
-        run.check_new(args.overwrite)  # every process checks; the main one clears the folder once setup passed
-        resume = False
+        run.check_new(args.overwrite, main=is_main_process())  # a foreign folder: refused before the lock file
+    # One writer per run dir, from the checks to the end (a second command refuses at once, naming this one).
+    # Only the main process of a launch writes, so only it locks.
+    with run.lock(command_line()) if is_main_process() else _no_lock():
+        if args.resume:
+            if run.is_finished():
+                print(f"{run.path} already finished; nothing to resume")
+                return 0
+            cfg = load_config(run.config)
+            resume = run.has_checkpoint()
+        else:
+            run.check_new(args.overwrite, main=is_main_process())  # again under the lock: a writer may have begun
+            resume = False
+        return _train(args, cfg, run, resume)
 
+
+def _no_lock():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+def _train(args, cfg, run, resume: bool) -> int:
     from .train.recipe import train
 
     def announce(recipe) -> None:
@@ -124,6 +142,9 @@ def cmd_evaluate(args) -> int:
     from .serve.evaluate import evaluate
 
     scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args))
+    if "checkpoint_step" in scores:
+        print(f"note      {args.run} is still being written: scored its best checkpoint so far, step "
+              f"{scores['checkpoint_step']}")
     print(f"evaluated {args.run} on {scores['data']}")
     print(format_report(scores))
     print(f"wrote     {out}/metrics.json and confusion_matrix.png")
@@ -135,6 +156,8 @@ def cmd_predict(args) -> int:
 
     result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
                           data_overrides=_data_overrides(args))
+    if result["note"]:
+        print(result["note"])
     counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
     print(f"predicted {result['rows']:,} rows ({result['split']} split of {args.data}): {counts}")
     if "accuracy" in result:
@@ -190,6 +213,7 @@ def cmd_plan(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .config import load_config
+    from .errors import Interrupted
     from .tools.sweep import Space, run_sweep
 
     base = load_config(args.config, _collect_overrides(args))
@@ -199,10 +223,10 @@ def cmd_sweep(args) -> int:
         result = run_sweep(base, space, out, args.trials, storage=args.storage, study_name=args.study,
                            sampler=args.sampler, pruner=args.pruner, sampler_seed=args.sampler_seed,
                            heartbeat=args.heartbeat, enqueue=tuple(args.enqueue), space_path=args.space)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted) as exc:
         print("\ninterrupted; the trial in progress is retried when the same command runs again",
               file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     print(f"\ndone      {result.done} trials complete or pruned; {result.skipped} candidates skipped (over "
           f"budget or invalid), {result.failed} failed")
     if result.best:

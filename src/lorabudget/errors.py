@@ -36,3 +36,24 @@ class RunDirError(LorabudgetError):
 
 class TrainingError(LorabudgetError):
     """Training cannot go on (a loss that became NaN or infinite, say)."""
+
+
+class DamagedFileError(RunDirError):
+    """A file lorabudget wrote earlier and reads back (checkpoint, adapter, config, summary) is damaged: `what`
+    names the file and the damage, `way_out` what the user can do."""
+
+    def __init__(self, what: str, way_out: str = ""):
+        super().__init__(f"{what}; {way_out}" if way_out else what)
+        self.what, self.way_out = what, way_out
+
+
+class WriteFailed(RunDirError):
+    """The disk refused a write (full, over quota, read-only, no permission): the message says what and where."""
+
+
+class Interrupted(LorabudgetError):
+    """A run stopped by SIGINT or SIGTERM at a safe point; exit 130 or 143 as a shell would report it."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

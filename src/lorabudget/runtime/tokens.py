@@ -4,7 +4,10 @@ texts, so a second run (or a sweep's next trial) on the same data does not token
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,15 @@ def cache_dir() -> Path:
 
 def _tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        # The serialised backend records the truncation and padding of its last call: without them, the key is
+        # the same before and after a first use (max_length is part of the key on its own).
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        spec = json.dumps(spec, sort_keys=True)
+    else:
+        spec = repr(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(f"{type(tokenizer).__name__}\n{spec}".encode()).hexdigest()
 
 
@@ -57,8 +68,8 @@ def tokenize(texts: Sequence[str], labels: Sequence[int] | None, tokenizer, max_
                 flat, offsets = z["flat"], z["offsets"]
             if len(offsets) == len(texts) + 1:
                 return Tokenized([flat[offsets[i]:offsets[i + 1]] for i in range(len(texts))], label_arr)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is recomputed and overwritten below
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+            pass  # a damaged cache entry (cut short, garbled) is recomputed and overwritten below
     ids: list[np.ndarray] = []
     chunk = 2048
     for start in tqdm(range(0, len(texts), chunk), desc=desc, unit="chunk", disable=not progress, leave=False):
@@ -66,10 +77,20 @@ def tokenize(texts: Sequence[str], labels: Sequence[int] | None, tokenizer, max_
                         add_special_tokens=True)
         ids.extend(np.asarray(x, dtype=np.int32) for x in enc["input_ids"])
     if path is not None:
+        _store(path, ids)
+    return Tokenized(ids, label_arr)
+
+
+def _store(path: Path, ids: list[np.ndarray]) -> None:
+    """Write a cache entry; a disk that refuses (full, read-only) costs only the cache, never the run."""
+    offsets = np.zeros(len(ids) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(x) for x in ids])
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        offsets[1:] = np.cumsum([len(x) for x in ids])
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
         os.replace(tmp, path)
-    return Tokenized(ids, label_arr)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"the token cache {path.parent} could not be written ({exc.strerror or exc}); going on "
+                      "without it", stacklevel=3)

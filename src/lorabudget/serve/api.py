@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,11 +16,13 @@ import torch
 
 from ..config import Config, load_config
 from ..data import LabelSpace
-from ..errors import RunDirError
+from ..errors import DamagedFileError, RunDirError
 from ..model.adapters import quiet_peft_deprecations
 from ..model.backbone import load_pretrained, load_tokenizer
+from ..model.build import build_adapted_model
 from ..model.heads import apply_head
-from ..rundir import RunDir, open_finished
+from ..model.weights import load_weights, read_safetensors
+from ..rundir import RunDir, open_finished, read_json
 from ..runtime.batching import TokenBatches
 from ..runtime.inference import ordered, predict_logits
 from ..runtime.precision import DTYPES, inference_device, resolve_precision
@@ -31,13 +32,31 @@ from ..runtime.tokens import Tokenized, tokenize
 def load_peft_model(cfg: Config, labels: LabelSpace, adapter_dir: Path):
     """The stock model class, lorabudget's head, then peft loads the adapter (and the head's trained weights)."""
     from peft import PeftModel
+    from safetensors import SafetensorError
 
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
         raise RunDirError(f"{adapter_dir} holds no adapter_model.safetensors")
+    read_safetensors(weights, DAMAGED_ADAPTER)  # checked whole first: peft's own error would be a traceback
     model = load_pretrained(cfg.model.name, labels.names, trust_remote_code=cfg.model.trust_remote_code)
     apply_head(model, cfg.head)  # the whole head section: lowrank needs its rank
-    with quiet_peft_deprecations():
-        return PeftModel.from_pretrained(model, str(adapter_dir))
+    try:
+        with quiet_peft_deprecations():
+            return PeftModel.from_pretrained(model, str(adapter_dir))
+    except (SafetensorError, ValueError, OSError) as exc:  # adapter_config.json damaged, say
+        raise DamagedFileError(f"{adapter_dir} cannot be loaded ({str(exc)[:160]}); {DAMAGED_ADAPTER}") from None
+
+
+DAMAGED_ADAPTER = ("the run's adapter is damaged: export it again from a backup, or train the run again "
+                   "(checkpoints/best holds its best weights if only the adapter folder was hit)")
+
+
+def load_best_checkpoint(cfg: Config, labels: LabelSpace, run: RunDir):
+    """A run still being written has no adapter yet: its model as built for training, with the best weights so
+    far (complete: a checkpoint folder is swapped in whole)."""
+    model = build_adapted_model(cfg, labels).model
+    load_weights(model, run.best, "the run is still being written: try again after its next evaluation")
+    return model
 
 
 class Classifier:
@@ -46,10 +65,17 @@ class Classifier:
     def __init__(self, run: RunDir, device: str | None = None, precision: str | None = None):
         self.run = run
         self.config: Config = load_config(run.config)
-        self.labels = LabelSpace.from_json(json.loads(run.labels.read_text()))
+        self.labels = LabelSpace.from_json(read_json(run.labels, "the run's class names are lost: train it again"))
         self.tokenizer = load_tokenizer(self.config.model.name,
                                         trust_remote_code=self.config.model.trust_remote_code)
-        peft_model = load_peft_model(self.config, self.labels, run.adapter)
+        # A run that a live process is still writing is read from its best checkpoint so far (`checkpoint` says
+        # which step); a finished run from its adapter.
+        self.checkpoint: dict | None = None
+        if run.is_finished():
+            peft_model = load_peft_model(self.config, self.labels, run.adapter)
+        else:
+            peft_model = load_best_checkpoint(self.config, self.labels, run)
+            self.checkpoint = read_json(run.best / "meta.json", "the run is still being written: try again")
         # Merged weights: inference costs what the plain model costs, with no adapter matmuls on the side.
         self.model = peft_model.merge_and_unload()
         self.model.eval()
@@ -81,6 +107,20 @@ class Classifier:
         return [self.class_names[i] for i in ids]
 
 
-def load(run_dir: str | Path, *, device: str | None = None, precision: str | None = None) -> Classifier:
-    """Load a finished run for inference."""
-    return Classifier(open_finished(run_dir), device=device, precision=precision)
+def load(run_dir: str | Path, *, device: str | None = None, precision: str | None = None,
+         allow_running: bool = False) -> Classifier:
+    """Load a finished run for inference; with `allow_running`, also a run still being written, from its best
+    checkpoint so far (`clf.checkpoint` then says which step)."""
+    return Classifier(open_finished(run_dir, allow_running=allow_running), device=device, precision=precision)
+
+
+def still_running_note(clf: Classifier) -> str | None:
+    """What a reader prints when it scored a run that is still being written, or None for a finished run."""
+    if clf.checkpoint is None:
+        return None
+    from ..runlock import describe_holder
+
+    writer = clf.run.writer()
+    who = describe_holder(writer) if writer else "its writer just stopped"
+    return (f"note      {clf.run.path} is still being written ({who}): this used its best checkpoint so far, "
+            f"step {clf.checkpoint.get('step', '?')}")

@@ -9,21 +9,21 @@ from ..data import load_source, split_train_validation
 from ..errors import DataError
 from ..metrics import classification_scores, format_report
 from ..plots import plot_confusion_matrix
-from ..rundir import atomic_write_json, open_finished
+from ..rundir import atomic_write_json, open_finished, read_json
 from .api import Classifier
 
 
 def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
     """The examples to score and a name for them. By default, the run's own validation rows: the same split,
     re-derived from the data, checked against the hash the run recorded, so training rows are never scored."""
-    summary = clf.run.summary()
-    run_source = summary["data"]["source"]
+    facts = read_json(clf.run.path / "split.json", "the run's record of its data is lost: pass --data")
+    run_source = facts["source"]
     if source is None or source == run_source:
         dataset = load_source(data_cfg, run_source, labels=clf.labels)
         split = split_train_validation(dataset.splits["train"], data_cfg, run_source)
-        if split.validation_hash != summary["data"]["validation_hash"]:
+        if split.validation_hash != facts["validation_hash"]:
             raise DataError(f"{run_source} no longer yields the validation rows this run was scored on (hash "
-                            f"{split.validation_hash} != {summary['data']['validation_hash']}); the data changed")
+                            f"{split.validation_hash} != {facts['validation_hash']}); the data changed")
         return split.validation, "validation"
     dataset = load_source(data_cfg, source, labels=clf.labels)
     name = "test" if "test" in dataset.splits else "train"
@@ -36,7 +36,7 @@ def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
 
 def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None,
              data_overrides: dict | None = None, progress: bool = True) -> tuple[dict, Path]:
-    run = open_finished(run_dir)
+    run = open_finished(run_dir, allow_running=True)
     # checked before the model loads: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
     clf = Classifier(run)
@@ -45,6 +45,8 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
     preds = clf.logits(data, batch_size=clf.config.eval.batch_size, progress=progress).argmax(axis=1)
     scores = classification_scores(examples.labels, preds, clf.class_names)
     scores["data"] = name
+    if clf.checkpoint is not None:
+        scores["checkpoint_step"] = clf.checkpoint.get("step")  # a run still being written: its best so far
     out = Path(out_dir) if out_dir else run.path / "eval" / name
     atomic_write_json(out / "metrics.json", scores)
     plot_confusion_matrix(scores["confusion_matrix"], clf.class_names, out / "confusion_matrix.png",

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import RunDirError
 from ..model.heads import HEADS, model_family
-from ..rundir import open_finished, replace_dir
+from ..rundir import follow_umask, open_finished, remove_quietly, replace_dir, writing
 from .api import Classifier
 
 
@@ -20,10 +20,15 @@ def export_adapter(run_dir: str, out: str) -> Path:
     run = open_finished(run_dir)
     target = Path(out)
     tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(run.adapter, tmp)
-    replace_dir(tmp, target)
+    remove_quietly(tmp)
+    try:
+        with writing(target):
+            shutil.copytree(run.adapter, tmp)
+            follow_umask(tmp)
+            replace_dir(tmp, target)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     return target
 
 
@@ -75,8 +80,20 @@ def export_merged(run_dir: str, out: str, *, custom_code: bool = False) -> Path:
             "loads only with trust_remote_code=True, which runs that code)")
     target = Path(out)
     tmp = target.with_name(target.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    remove_quietly(tmp)
+    try:
+        with writing(target):
+            _save_merged(clf, tmp, custom)
+            follow_umask(tmp)  # safetensors writes its files private (0600); a model is for others to load
+            replace_dir(tmp, target)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return target
+
+
+def _save_merged(clf: Classifier, tmp: Path, custom: bool) -> None:
+    head = clf.config.head
     model = clf.model.to(torch.float32)
     model.config.id2label = dict(enumerate(clf.class_names))
     model.config.label2id = {n: i for i, n in enumerate(clf.class_names)}
@@ -91,5 +108,3 @@ def export_merged(run_dir: str, out: str, *, custom_code: bool = False) -> Path:
         source = _modeling_source(model.config.lorabudget_head["family"], head.type, base, name)
         (tmp / "modeling_lorabudget.py").write_text(source)
     clf.tokenizer.save_pretrained(str(tmp))
-    replace_dir(tmp, target)
-    return target

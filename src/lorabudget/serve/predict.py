@@ -13,7 +13,7 @@ from ..config import load_config, override_section
 from ..data import load_source
 from ..errors import LorabudgetError
 from ..rundir import atomic_write_text, open_finished
-from .api import Classifier
+from .api import Classifier, still_running_note
 
 LABEL_FORMATS = ("id", "name", "source")
 
@@ -23,7 +23,7 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     """Write `ID,Label` rows (and class probabilities with `proba`) for every row of `source`."""
     if label_format not in LABEL_FORMATS:
         raise LorabudgetError(f"--label-format must be one of {', '.join(LABEL_FORMATS)}, not {label_format!r}")
-    run = open_finished(run_dir)
+    run = open_finished(run_dir, allow_running=True)
     # checked before the model loads, as a config file is: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
     clf = Classifier(run)
@@ -47,7 +47,7 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
             row += [f"{x:.6f}" for x in probs[i]]
         w.writerow(row)
     atomic_write_text(Path(out), buf.getvalue())
-    result = {"rows": len(examples), "split": split, "out": str(out),
+    result = {"rows": len(examples), "split": split, "out": str(out), "note": still_running_note(clf),
               "counts": {names[k]: int(v) for k, v in zip(*np.unique(preds, return_counts=True))}}
     if examples.labels is not None:
         result["accuracy"] = float((preds == np.asarray(examples.labels)).mean())

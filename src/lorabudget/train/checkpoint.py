@@ -1,74 +1,131 @@
 """Checkpoints: the trainable weights (safetensors), optimizer and scheduler state, random state and loop state.
 
-A checkpoint folder is written beside its final place and swapped in whole, so a kill at any moment leaves the
-previous checkpoint intact. The optimizer state is the one file that is not safetensors (it nests step counters
-and parameter groups); it holds only tensors and numbers and is read back with `torch.load(weights_only=True)`,
-which refuses anything else.
+A checkpoint folder is written beside its final place and swapped in whole, so a kill at any moment leaves a
+complete checkpoint. Two generations are kept, `last` and `previous`: when `last` is damaged (a disk that failed
+mid-copy), a resume falls back to `previous` with a warning. Each folder ends with `manifest.json`, the size and
+SHA-256 of every file, written last: a folder whose files do not match it is damaged, however it got so.
+
+The optimizer state is the one file that is not safetensors (it nests step counters and parameter groups); it
+holds only tensors and numbers and is read back with `torch.load(weights_only=True)`, which refuses anything else.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from ..model.budget import trained_parameters
-from ..rundir import atomic_write_json, replace_dir
-
-WEIGHTS = "trainable.safetensors"
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu").contiguous().clone() for n, p in trained_parameters(model)}
-
-
-def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    missing = [n for n in state if n not in params]
-    if missing:
-        raise KeyError(f"checkpoint names parameters the model lacks: {missing[:3]}")
-    with torch.no_grad():
-        for n, t in state.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
+from ..errors import DamagedFileError
+from ..model.weights import (
+    MANIFEST,
+    WEIGHTS,
+    load_trainable_state,
+    read_safetensors,
+    state_bytes,
+    trainable_state,
+    verify,
+)
+from ..rundir import atomic_write_bytes, atomic_write_json, read_json, remove_quietly, replace_dir, writing
 
 
-def save_weights(model: torch.nn.Module, folder: Path) -> None:
+def _write_files(folder: Path, files: dict[str, bytes], extra_json: dict[str, Any] | None = None) -> None:
+    """Write `files` (and JSON ones) into `folder`.tmp with a manifest, then return; the caller swaps it in."""
+    for name, data in files.items():
+        atomic_write_bytes(folder / name, data)
+    for name, obj in (extra_json or {}).items():
+        atomic_write_json(folder / name, obj)
+    listing = {p.name: {"bytes": p.stat().st_size, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+               for p in sorted(folder.iterdir()) if p.name != MANIFEST}
+    atomic_write_json(folder / MANIFEST, listing)
+
+
+def _staged(folder: Path) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    replace_dir(tmp, folder)
+    remove_quietly(tmp)  # a half-written one from a killed process
+    with writing(tmp):
+        tmp.mkdir(parents=True)
+    return tmp
 
 
-def load_weights(model: torch.nn.Module, folder: Path) -> None:
-    load_trainable_state(model, load_file(str(folder / WEIGHTS)))
+def save_weights(model: torch.nn.Module, folder: Path, meta: dict[str, Any] | None = None) -> None:
+    tmp = _staged(folder)
+    try:
+        _write_files(tmp, {WEIGHTS: state_bytes(trainable_state(model))}, {"meta.json": meta or {}})
+        with writing(folder):
+            replace_dir(tmp, folder)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, loop_state: dict[str, Any]) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(trainable_state(model), str(tmp / WEIGHTS))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    """`folder` (checkpoints/last) is replaced; the one it replaces becomes checkpoints/previous."""
+    optim = io.BytesIO()
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, optim)
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             rng[f"cuda{i}"] = s
-    save_file(rng, str(tmp / "rng.safetensors"))
-    atomic_write_json(tmp / "state.json", loop_state)
-    replace_dir(tmp, folder)
+    tmp = _staged(folder)
+    try:
+        _write_files(tmp, {WEIGHTS: state_bytes(trainable_state(model)), "optimizer.pt": optim.getvalue(),
+                           "rng.safetensors": state_bytes(rng)}, {"state.json": loop_state})
+        previous = previous_of(folder)
+        with writing(folder):
+            remove_quietly(previous)
+            if folder.exists():
+                os.replace(folder, previous)
+            os.replace(tmp, folder)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
-    load_weights(model, folder)
-    opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    rng = load_file(str(folder / "rng.safetensors"))
-    torch.set_rng_state(rng["cpu"])
+def previous_of(folder: Path) -> Path:
+    return folder.with_name("previous")
+
+
+def _read_checkpoint(folder: Path, way_out: str) -> dict[str, Any]:
+    """Everything in a checkpoint, read and checked before any of it is applied."""
+    if not folder.is_dir():
+        raise DamagedFileError(f"{folder} is missing", way_out)
+    verify(folder, way_out)
+    try:
+        opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  unpickling errors of every kind: the file is not what we wrote
+        raise DamagedFileError(f"{folder / 'optimizer.pt'} is damaged ({str(exc)[:120]})", way_out) from None
+    return {"weights": read_safetensors(folder / WEIGHTS, way_out), "optimizer": opt,
+            "rng": read_safetensors(folder / "rng.safetensors", way_out),
+            "state": read_json(folder / "state.json", way_out)}
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, run_path: Path,
+                    say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The loop state of checkpoints/last, its weights, optimizer, schedule and random state applied; when last
+    is damaged or missing, checkpoints/previous, with a warning."""
+    way_out = (f"start the run again: `lorabudget train -c {run_path / 'config.yaml'} --output-dir {run_path} "
+               "--overwrite`")
+    try:
+        ckpt = _read_checkpoint(folder, way_out)
+    except DamagedFileError as damaged:
+        previous = previous_of(folder)
+        if not previous.is_dir():
+            raise
+        ckpt = _read_checkpoint(previous, f"both checkpoints are damaged; {way_out}")
+        say(f"warning: {damaged.what}\nwarning: resuming from the previous checkpoint instead (step "
+            f"{ckpt['state']['step']})")
+    load_trainable_state(model, ckpt["weights"])
+    optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
+    scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])
+    torch.set_rng_state(ckpt["rng"]["cpu"])
     if torch.cuda.is_available():
-        states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        states = [ckpt["rng"][k] for k in sorted(ckpt["rng"]) if k.startswith("cuda")]
         if states:
             torch.cuda.set_rng_state_all(states)
-    return json.loads((folder / "state.json").read_text())
+    return ckpt["state"]
+

@@ -26,6 +26,8 @@ class LoopState:
     train_seconds: float = 0.0
     stopped_early: bool = False
     stopped_by: str | None = None  # None, or "callback" when on_evaluate asked to stop
+    window_loss: float = 0.0  # training loss summed since the last logged step: a resume logs the same mean
+    window_n: int = 0
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

@@ -8,7 +8,6 @@ schedule, log, evaluate, checkpoint.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import Config
-from ..errors import TrainingError
 from ..model.budget import format_breakdown
 from ..rundir import RunDir
 from ..runtime.batching import TokenBatches
@@ -31,8 +29,9 @@ from .accelerator import make_accelerator
 from .checkpoint import save_checkpoint, save_weights
 from .evaluation import record, validation_scores
 from .optim import class_weight_tensor, make_optimizer, plan_schedule
-from .run_files import finish_run, log_metrics, resume_run, start_run
+from .run_files import finish_run, log_metrics, log_train_loss, resume_run, start_run
 from .setup import epoch_batches, prepare_data, prepare_model
+from .stopping import StopSignals, check_finite, run_writer
 
 
 class TrainingRecipe:
@@ -43,6 +42,7 @@ class TrainingRecipe:
         # on_evaluate(step, validation scores) -> True asks the run to stop now (a sweep pruning a poor trial);
         # the run then finishes normally, best adapter saved, with `stopped_by: "callback"` in its summary.
         self.cfg, self.run, self.resume, self.on_evaluate = cfg, run, resume, on_evaluate
+        self.stop, self.state = StopSignals(), None  # the signals' flag is set by `train()`; state by setup
 
     # ---- setup ---------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -94,7 +94,6 @@ class TrainingRecipe:
         model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
         model.train()
         bar = tqdm(total=self.total_steps, initial=st.step, desc="train", unit="step", disable=not self.progress)
-        window_loss, window_n = 0.0, 0
         started = time.perf_counter()
         if self.prefix:  # inside the timed span: the caching pass is part of training's cost
             (self.train_source, self.val_source), self.cache_storage = cache_states(
@@ -120,9 +119,7 @@ class TrainingRecipe:
                     acc.backward(loss / len(micro))
                 step_loss += loss.item() / len(micro)
                 st.samples += len(index) * self.world
-            if not math.isfinite(step_loss):
-                self._fail(f"the training loss became {step_loss} at step {st.step + 1}; the last good checkpoint "
-                           "is kept. Lower optim.lr, or use fp32/bf16 instead of fp16")
+            check_finite(self, step_loss)
             if o.max_grad_norm is not None:
                 acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], o.max_grad_norm)
             optimizer.step()
@@ -130,19 +127,19 @@ class TrainingRecipe:
             optimizer.zero_grad(set_to_none=True)
             st.step += 1
             st.step_in_epoch += 1
-            window_loss, window_n = window_loss + step_loss, window_n + 1
+            st.window_loss, st.window_n = st.window_loss + step_loss, st.window_n + 1
             bar.update(1)
 
             if st.step % cfg.logging.every_steps == 0 or st.step == self.total_steps:
-                mean = float(acc.reduce(torch.tensor(window_loss / window_n, device=self.device), "mean"))
-                log_metrics(self, {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
-                                   "train_loss": mean, "lr": scheduler.get_last_lr()[0]})
-                bar.set_postfix(loss=f"{mean:.4f}")
-                window_loss, window_n = 0.0, 0
-
-            if st.step % self.eval_every == 0 or st.step == self.total_steps:
+                log_train_loss(self, bar)
+            evaluate = st.step % self.eval_every == 0 or st.step == self.total_steps
+            stop = self.stop.agreed(acc)  # a signal: checkpoint here, then stop
+            if evaluate or stop:
                 st.train_seconds += time.perf_counter() - started
-                self._evaluate_and_checkpoint(bar)
+                self._evaluate_and_checkpoint(bar) if evaluate else self._checkpoint()
+                if stop:
+                    bar.close()
+                    raise self.stop.interrupted(self.run, st.step)
                 started = time.perf_counter()
         st.train_seconds += time.perf_counter() - started
         bar.close()
@@ -164,18 +161,17 @@ class TrainingRecipe:
                            "val_loss": scores["loss"], "val_accuracy": scores["accuracy"],
                            "val_macro_f1": scores["macro_f1"], "train_seconds": round(st.train_seconds, 2)})
         bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
-        if self.main:
-            model = self.accelerator.unwrap_model(self.model)
-            if improved:
-                save_weights(model, self.run.best)
-            save_checkpoint(self.run.last, model, self.optimizer, self.scheduler, st.to_json())
+        if self.main and improved:
+            save_weights(self.accelerator.unwrap_model(self.model), self.run.best,
+                         {"step": st.step, **st.best_scores})
         self.last_scores = scores
-        self.accelerator.wait_for_everyone()
+        self._checkpoint()
 
-    def _fail(self, message: str) -> None:
+    def _checkpoint(self) -> None:
         if self.main:
-            self.run.set_status("failed", reason=message, step=self.state.step)
-        raise TrainingError(message)
+            save_checkpoint(self.run.last, self.accelerator.unwrap_model(self.model), self.optimizer,
+                            self.scheduler, self.state.to_json())
+        self.accelerator.wait_for_everyone()
 
     # ---- finish --------------------------------------------------------------------------------------------
     def _finish(self) -> dict:
@@ -191,7 +187,9 @@ def train(cfg: Config, run: RunDir, *, resume: bool = False, on_ready=None,
     """Train `cfg` into `run` (a RunDir the caller has checked with `check_new`, or an unfinished one to resume).
     Returns the summary (empty on non-main processes)."""
     recipe = TrainingRecipe(cfg, run, resume=resume, on_evaluate=on_evaluate)
-    recipe.setup()
-    if on_ready is not None:
-        on_ready(recipe)
-    return recipe.train()
+    # One writer per run dir; a signal stops at a safe point; a refused write or a stop marks status.json.
+    with run_writer(run, started=lambda: recipe.state is not None) as recipe.stop:
+        recipe.setup()
+        if on_ready is not None:
+            on_ready(recipe)
+        return recipe.train()

@@ -9,9 +9,10 @@ import platform
 import torch
 
 from ..config import dump_config
-from ..rundir import RunDir, atomic_write_json, atomic_write_text, replace_dir
+from ..model.weights import load_weights
+from ..rundir import RunDir, atomic_write_json, atomic_write_text, follow_umask, remove_quietly, replace_dir, writing
 from ..version import __version__
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import load_checkpoint
 from .evaluation import LoopState
 
 
@@ -52,12 +53,23 @@ def start_run(recipe) -> LoopState:
 def resume_run(recipe) -> LoopState:
     """A killed run, from its last checkpoint: weights, optimizer, schedule, random state and loop state; the
     metrics logged after that checkpoint are dropped, since those steps are about to be redone."""
-    acc = recipe.accelerator
-    state = LoopState(**load_checkpoint(recipe.run.last, acc.unwrap_model(recipe.model), recipe.optimizer,
-                                        recipe.scheduler))
+    acc, run = recipe.accelerator, recipe.run
+    state = LoopState(**load_checkpoint(run.last, acc.unwrap_model(recipe.model), recipe.optimizer, recipe.scheduler,
+                                        run.path, say=recipe.say))
     if recipe.main:
-        recipe.run.truncate_metrics(state.step)
+        run.truncate_metrics(state.step)
+        run.set_status("running", resumed_at=state.step)
     return state
+
+
+def log_train_loss(recipe, bar) -> None:
+    """The mean training loss since the last logged step (over every process), and the learning rate."""
+    st = recipe.state
+    mean = float(recipe.accelerator.reduce(torch.tensor(st.window_loss / st.window_n, device=recipe.device), "mean"))
+    log_metrics(recipe, {"step": st.step, "epoch": round(st.step / recipe.steps_per_epoch, 4), "train_loss": mean,
+                         "lr": recipe.scheduler.get_last_lr()[0]})
+    bar.set_postfix(loss=f"{mean:.4f}")
+    st.window_loss, st.window_n = 0.0, 0
 
 
 def log_metrics(recipe, record: dict) -> None:
@@ -70,14 +82,22 @@ def log_metrics(recipe, record: dict) -> None:
 
 def save_adapter(run: RunDir, model, recipe) -> None:
     tmp = run.adapter.with_name("adapter.tmp")
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    recipe.tokenizer.save_pretrained(str(tmp))
-    atomic_write_json(tmp / "lorabudget_head.json", {
-        "head": recipe.adapted.head.type, "base_model": recipe.cfg.model.name,
-        "stock_loadable": recipe.adapted.head.stock_loadable, "labels": recipe.labels.names,
-        "note": "load with lorabudget.load(RUN); with head 'default' or 'pooler' PeftModel.from_pretrained onto "
-                "AutoModelForSequenceClassification works too"})
-    replace_dir(tmp, run.adapter)
+    remove_quietly(tmp)
+    try:
+        with writing(tmp):
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            recipe.tokenizer.save_pretrained(str(tmp))
+        atomic_write_json(tmp / "lorabudget_head.json", {
+            "head": recipe.adapted.head.type, "base_model": recipe.cfg.model.name,
+            "stock_loadable": recipe.adapted.head.stock_loadable, "labels": recipe.labels.names,
+            "note": "load with lorabudget.load(RUN); with head 'default' or 'pooler' PeftModel.from_pretrained onto "
+                    "AutoModelForSequenceClassification works too"})
+        follow_umask(tmp)
+        with writing(run.adapter):
+            replace_dir(tmp, run.adapter)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def run_summary(recipe, model, final_scores: dict) -> dict:
@@ -118,7 +138,7 @@ def finish_run(recipe, final_scores: dict) -> dict:
     acc, run, summary = recipe.accelerator, recipe.run, None
     if recipe.main:
         model = acc.unwrap_model(recipe.model)
-        load_weights(model, run.best)
+        load_weights(model, run.best, "the run's best weights are lost: start it again with --overwrite")
         save_adapter(run, model, recipe)
         summary = run_summary(recipe, model, final_scores)
         plot_training_curves(run.read_metrics(), run.plots)

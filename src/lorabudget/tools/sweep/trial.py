@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...config import Config, build_config
-from ...errors import LorabudgetError, TrainingError
+from ...errors import Interrupted, LorabudgetError, TrainingError
 from ...rundir import RunDir
 from .space import Space
 
@@ -82,16 +82,23 @@ def _candidate(ctx: SweepContext, trial) -> tuple[Config, RunDir]:
 
 
 def objective(ctx: SweepContext, trial) -> float:
-    import optuna
 
-    from ...train.recipe import train
 
     _claim_slot(ctx, trial)
     trial.set_user_attr("worker", WORKER)  # hostname:pid, to see which worker ran what
     if trial.user_attrs.get("interrupted"):  # a retry carries its original's attrs: this attempt is a new one
         trial.set_user_attr("interrupted", False)
     cfg, run = _candidate(ctx, trial)
-    run.check_new(overwrite=False)  # a trial number is new in its study: an existing dir is another study's
+    with run.lock(f"sweep {ctx.out} trial {trial.number}"):  # held from the check to the finished run
+        run.check_new(overwrite=False)  # a trial number is new in its study: an existing dir is another study's
+        return _train_trial(ctx, trial, cfg, run)
+
+
+def _train_trial(ctx: SweepContext, trial, cfg: Config, run: RunDir) -> float:
+    import optuna
+
+    from ...train.recipe import train
+
     trial.set_user_attr("run_dir", str(run.path.resolve()))
     total = {}
 
@@ -113,7 +120,7 @@ def objective(ctx: SweepContext, trial) -> float:
     except TrainingError as exc:  # a diverged candidate (NaN loss): FAIL, and the sweep goes on
         trial.set_user_attr("error", str(exc).splitlines()[0])
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         if run.status_file.is_file():
             run.set_status("failed", reason=f"sweep interrupted (optuna trial {trial.number}); its "
                            "parameters are tried again when the sweep runs again")
