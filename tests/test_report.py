@@ -86,6 +86,41 @@ def test_report_from_runs(tiny_roberta, easy_csv, tmp_path):
     assert str(killed) in left_out and "not finished" in left_out
     assert "e" not in [r[1] for r in rows]
     assert "## Best run:" in md and "| class | precision | recall | F1 | support |" in md
+    # re-scored on this machine as training scored it (fp32, CPU): one number, said once
+    assert "gives the same accuracy" in md.split("## Best run:")[1]
+
+
+def test_best_run_shows_the_leaderboards_number_and_says_why_a_rescore_differs(tiny_roberta, easy_csv, tmp_path):
+    """The leaderboard gave a trial 0.3970 and the best-run section, which re-scores the adapter, 0.3980, with
+    nothing said. Training measures the unmerged adapter under its own precision (bf16 autocast on a GPU, cached
+    frozen layers); the re-score merges it and runs as `evaluate` does: rounding can flip a row. Made here by
+    recording one row fewer right than training's score. The run has one number, the leaderboard's, in both places;
+    the re-score, which the per-class table and the confusion matrix come from, is named as such beside them, with
+    why the two differ."""
+    from lorabudget.cli import main
+
+    run = _train(tiny_roberta, easy_csv, tmp_path, "a")
+    summary = json.loads((run / "summary.json").read_text())
+    rows = summary["data"]["validation_rows"]
+    measured = summary["best"]["accuracy"] - 1 / rows  # as training, under other rounding, might have scored it
+    summary["best"]["accuracy"] = measured
+    (run / "summary.json").write_text(json.dumps(summary))
+
+    out = tmp_path / "report"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    rescored = json.loads((out / "best-run" / "metrics.json").read_text())["accuracy"]
+    assert round(rescored * rows) - round(measured * rows) == 1
+
+    board = md.split("## Leaderboard")[1].split("\n## ")[0]
+    assert f"| {measured:.4f} |" in board
+    best = md.split("## Best run:")[1].split("\n## ")[0]
+    headline = best.split("\n\n")[1]
+    assert f"validation accuracy {measured:.4f}, the leaderboard's figure" in headline
+    assert f"gives {rescored:.4f} (1 row more right" in headline  # the re-score, named, and by how much
+    assert "the re-score merged the adapter into the weights, where training scored it unmerged" in headline
+    assert "table and the confusion matrix below come from re-scoring" in headline
+    assert f"re-scored: {rescored:.4f}, against training's {measured:.4f}" in best  # the figure's caption
 
 
 def test_seed_groups_are_labelled_by_their_folder():

@@ -44,10 +44,19 @@ class Run:
         return [r["step"] for r in val], [r["val_accuracy"] for r in val]
 
     @property
-    def best_accuracy(self) -> float:
-        """The best validation accuracy seen (with eval.metric accuracy, the score of the shipped adapter)."""
-        _, acc = self.curve
-        return max(acc) if acc else float(self.summary.get("best", {}).get("accuracy", float("nan")))
+    def accuracy(self) -> float:
+        """The run's one validation accuracy: that of the adapter it shipped (its best evaluation by eval.metric),
+        as training measured it; what the leaderboard ranks by and the sweep's objective reads. The best
+        accuracy seen on the curve is another number where eval.metric is not accuracy or min_delta is set."""
+        best = self.summary.get("best", {})
+        if isinstance(best.get("accuracy"), (int, float)):
+            return float(best["accuracy"])
+        _, acc = self.curve  # a summary without scores (an old or hand-made run): the best seen
+        return max(acc) if acc else float("nan")
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.curve[0])
 
     @property
     def note(self) -> str:

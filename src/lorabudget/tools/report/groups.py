@@ -28,7 +28,7 @@ class Group:
 
     @property
     def accuracies(self) -> list[float]:
-        return [r.best_accuracy for r in self.runs]
+        return [r.accuracy for r in self.runs]
 
     @property
     def mean(self) -> float:
@@ -53,10 +53,21 @@ def group_by_seed(runs: list[Run]) -> list[Group]:
     return sorted(out, key=lambda g: (-g.mean, g.runs[0].summary.get("trainable_params", 0), g.runs[0].name))
 
 
-def short_keys(keys: list[str]) -> dict[str, str]:
-    """'optim.lr' -> 'lr' where the last part is unambiguous among `keys`."""
-    last = [k.split(".")[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+def colourings(runs: list[Run], keys: list[str]) -> list[list[str]]:
+    """The varied keys, grouped so that each group is one curve figure: keys that split the runs alike (each
+    run's value of one tells its value of the other) would draw the same lines in the same colours, with only the
+    legend's words changed, so they share a figure (two runs differ in every varied key: one figure). A group of
+    more than ten values is split again, one figure per key: a legend of that many rows tells nothing apart."""
+    splits: dict[frozenset, list[str]] = {}
+    for k in keys:
+        parts: dict[str, set[int]] = {}
+        for i, r in enumerate(runs):
+            parts.setdefault(comparable(r.config.get(k)), set()).add(i)
+        splits.setdefault(frozenset(frozenset(p) for p in parts.values()), []).append(k)
+    out = []
+    for split, group in splits.items():
+        out += [group] if len(split) <= 10 else [[k] for k in group]
+    return out
 
 
 def fmt_value(value: Any) -> str:
@@ -67,8 +78,10 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def describe(run: Run, keys: list[str], short: dict[str, str]) -> str:
-    return ", ".join(f"{short[k]}={fmt_value(run.config.get(k))}" for k in keys) or "(one config)"
+def describe(run: Run, keys: list[str]) -> str:
+    """The run's values of the varied settings, each by its full name ('adapter.r' and 'head.rank', never 'r' and
+    'rank', which read alike)."""
+    return ", ".join(f"{k}={fmt_value(run.config.get(k))}" for k in keys) or "(one config)"
 
 
 def fmt_seconds(s: float) -> str:

@@ -21,8 +21,9 @@ def place_labels(ax, named: list[tuple[float, float, str]], marks: list[tuple[fl
     another name, and none leaves the axes. Each name, in the order given (the most important first), takes the first
     free place among a few around its point (right, then left, level with it, then stepping up and down), or where
     none is free the one that covers least. A name moved
-    off its row gets a thin line to its point, which must not cross another name (it may cross markers: in a column
-    of close points it has to). `marks` are every point drawn, named or not: (x, y, error bar half-height).
+    off its row gets a thin line to its point, which must not cross another name, and crosses another marker only
+    where no place avoids it (in a column of close points one may have to): such a line reads as naming that point.
+    `marks` are every point drawn, named or not: (x, y, error bar half-height).
     Written here because matplotlib does not place labels, and adjustText's force layout moves every label and is
     not repeatable across versions; a handful of candidate boxes is enough for a study's dozen names."""
     from matplotlib import rcParams
@@ -46,6 +47,8 @@ def place_labels(ax, named: list[tuple[float, float, str]], marks: list[tuple[fl
         others = [b for at, b in mark_boxes if math.dist(at, anchor) > 0.5]  # every marker but its own
         best = None
         for dx, dy, ha in candidates:
+            if best is not None and best[0][0] == 0 and abs(dy) > best[4]:
+                break  # a free place was found nearer: the others as near were tried for a line clear of markers
             relpos = (0, 0.5) if ha == "left" else (1, 0.5)  # the line meets the name at its near end
             text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, ha=ha,
                                va="center", arrowprops={**_LEADER, "relpos": relpos} if dy else None)
@@ -53,20 +56,22 @@ def place_labels(ax, named: list[tuple[float, float, str]], marks: list[tuple[fl
             box = MplText.get_window_extent(text, renderer).padded(1.5)  # the words alone, not the line
             end = (box.x0 if ha == "left" else box.x1, (box.y0 + box.y1) / 2) if dy else anchor
             # what this place would cover; covering a name is worse than covering a marker
-            clash = (5 * (not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)))
-                     + 3 * sum(box.overlaps(b) for b in boxes + fixed) + sum(box.overlaps(b) for b in others)
-                     + 2 * sum(_segment_hits(a, b, box) for a, b in lines)
-                     + 2 * sum(_segment_hits(anchor, end, b) for b in boxes + fixed) * bool(dy))
+            covers = (5 * (not (frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)))
+                      + 3 * sum(box.overlaps(b) for b in boxes + fixed) + sum(box.overlaps(b) for b in others)
+                      + 2 * sum(_segment_hits(a, b, box) for a, b in lines)
+                      + 2 * sum(_segment_hits(anchor, end, b) for b in boxes + fixed) * bool(dy))
+            # then, among free places as near to the point: a line through another marker reads as naming that point
+            clash = (covers, sum(_segment_hits(anchor, end, b) for b in others) * bool(dy))
             if best is None or clash < best[0]:
                 if best is not None:
                     best[1].remove()
-                best = (clash, text, box, end)
+                best = (clash, text, box, end, abs(dy))
             else:
                 text.remove()
-            if clash == 0:
+            if clash == (0, 0):
                 break
         # crowded beyond every candidate: the place that covers least, so the names stay as readable as they can
-        _, text, box, end = best
+        _, text, box, end, _ = best
         placed.append(text)
         boxes.append(box)
         if end != anchor:

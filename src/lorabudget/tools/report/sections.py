@@ -3,8 +3,10 @@ run directories and Optuna studies.
 
 Everything comes from what training left behind (config.yaml, summary.json, metrics.jsonl) and from the
 study's storage; nothing is retrained. What differs between runs is found by diffing their configs, so the
-report needs no description of the experiment: the hyperparameters that vary get one accuracy-curve figure
-each, and runs whose configs differ only by `seed` are one leaderboard row with mean and standard deviation.
+report needs no description of the experiment: the hyperparameters that vary colour the accuracy curves (one
+figure per way they split the runs), and runs whose configs differ only by `seed` are one leaderboard row with
+mean and standard deviation. Each run has one validation accuracy, training's score of the adapter it saved; a
+figure is drawn only where it shows something the tables do not, and the page says why one is left out.
 
     OUT/report.md        tables + figures/*.png beside it
     OUT/report.html      the same, pictures embedded as base64 data URIs: one file that opens offline
@@ -17,12 +19,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ...errors import LorabudgetError, RunDirError
+from ...errors import RunDirError
 from ...rundir import atomic_write_text
+from .best_run import best_run_section
 from .collect import Collection, Run, collect
 from .document import Figure, Heading, Table, Text, render_html, render_markdown
-from .figures import plot_accuracy_vs_params, plot_curves_by, plot_study, slug
-from .groups import Group, describe, fmt_seconds, group_by_seed, short_keys, varied_keys
+from .figures import plot_accuracy_vs_params, plot_curves_by, plot_importances, plot_parallel, slug
+from .groups import Group, colourings, describe, fmt_seconds, group_by_seed, varied_keys
+from .parallel import parallel_data
 
 
 def group_label(names: list[str]) -> str:
@@ -35,8 +39,11 @@ def group_label(names: list[str]) -> str:
     return ", ".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1}"
 
 
+MIN_TRIALS_IMPORTANCES = 10  # Optuna's importances fit a model to the complete trials: from fewer, it fits noise
+MIN_TRIALS_PARALLEL = 5  # fewer lines than this the leaderboard shows better, settings and score side by side
+
+
 def leaderboard(groups: list[Group], keys: list[str]) -> tuple[Table, list[str]]:
-    short = short_keys(keys)
     rows, names = [], []
     for i, g in enumerate(groups, 1):
         first = g.runs[0]
@@ -49,53 +56,72 @@ def leaderboard(groups: list[Group], keys: list[str]) -> tuple[Table, list[str]]
         names.append(group_label([r.name for r in g.runs]))
         notes = sorted({r.note for r in g.runs if r.note})
         trainable = f"{first.summary.get('trainable_params', 0):,}"
-        rows.append([str(i), name, describe(first, keys, short), trainable, acc, f"{g.mean_of('steps'):.0f}",
+        rows.append([str(i), name, describe(first, keys), trainable, acc, f"{g.mean_of('steps'):.0f}",
                      fmt_seconds(g.mean_of("train_seconds")), "; ".join(notes)])
-    header = ["#", "run(s)", "config (what varies)", "trainable", "best val. accuracy", "steps", "train time",
-              "note"]
+    header = ["#", "run(s)", "config (what varies)", "trainable", "val. accuracy", "steps", "train time", "note"]
     return Table(header, rows, numeric=(0, 3, 4, 5, 6)), names
 
 
-def best_run_section(best: Run, out: Path) -> list:
-    """The best run re-scored on its own validation split: confusion matrix and per-class scores."""
-    from ...serve.evaluate import evaluate
-
-    blocks: list = [Heading(f"Best run: {best.name}")]
-    try:
-        scores, folder = evaluate(str(best.path), None, str(out / "best-run"), progress=False)
-    except LorabudgetError as exc:  # its data is not on this machine, say
-        return blocks + [Text(f"Could not re-score {best.path} on its validation split: {exc}")]
-    blocks.append(Text(f"{best.path}: validation accuracy {scores['accuracy']:.4f}, macro-F1 "
-                       f"{scores['macro_f1']:.4f} on {scores['rows']:,} rows (re-scored from the run's "
-                       "adapter)."))
-    rows = [[name, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", f"{s['support']:,}"]
-            for name, s in scores["per_class"].items()]
-    blocks.append(Table(["class", "precision", "recall", "F1", "support"], rows, numeric=(1, 2, 3, 4)))
-    blocks.append(Figure(folder / "confusion_matrix.png",
-                         f"Confusion matrix of {best.name} (validation split)"))
+def curves_section(runs: list[Run], keys: list[str], figures: Path) -> list:
+    """One figure per way of colouring the runs (`groups.colourings`); none where no run has a curve."""
+    blocks: list = [Heading("Validation accuracy during training")]
+    if all(r.evaluations <= 1 for r in runs):
+        steps = sorted({s for r in runs for s in r.curve[0]})
+        at = f" (at step {', '.join(map(str, steps))})" if steps else ""
+        return blocks + [Text(f"No curves: every run was evaluated once{at}, so each curve would be a single "
+                              "point; the leaderboard lists those scores. Set eval.every_steps to see curves.")]
+    dots = " A run evaluated once is a dot." if any(r.evaluations == 1 for r in runs) else ""
+    for group in colourings(runs, keys) or [[]]:
+        name = slug(group[0] + (f"-and-{len(group) - 1}-more" if len(group) > 1 else "")) if group else "runs"
+        if len(group) > 1:
+            caption = (f"Validation accuracy against step, coloured by {', '.join(group)}: in these runs they vary "
+                       "together, so one figure shows them all.")
+        else:
+            caption = f"Validation accuracy against step, coloured by {group[0] if group else 'run'}."
+        blocks.append(Figure(plot_curves_by(runs, group, figures / f"curves-{name}.png"), caption + dots))
     return blocks
 
 
 def study_section(study, figures: Path) -> list:
     from collections import Counter
 
-    counts = Counter(t.state.name for t in study.get_trials(deepcopy=False))
-    skipped = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("skipped") == "over budget")
-    blocks: list = [Heading(f"Study {study.study_name}"),
-                    Text(", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) +
-                         f"; {skipped} of the failed were over budget and never trained.")]
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    skipped = sum(1 for t in trials if t.user_attrs.get("skipped") == "over budget")
+    text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    if counts.get("FAIL"):
+        text += f"; {skipped} of the failed were over budget and never trained"
+    blocks: list = [Heading(f"Study {study.study_name}"), Text(text + ".")]
     complete = counts.get("COMPLETE", 0)
-    if complete < 2:
-        return blocks + [Text("Parameter importances and the parallel-coordinate plot need two complete "
-                              "trials.")]
     name = slug(study.study_name)
-    for kind, caption in (("importances", "Parameter importances (Optuna, complete trials)"),
-                          ("parallel", "Parallel coordinates of the complete trials (Optuna)")):
+    if complete >= MIN_TRIALS_IMPORTANCES:
+        caption = f"Parameter importances (Optuna's fANOVA over the {complete} complete trials)"
         try:
-            blocks.append(Figure(plot_study(study, kind, figures / f"study-{name}-{kind}.png"), caption))
+            blocks.append(Figure(plot_importances(study, complete, figures / f"study-{name}-importances.png"), caption))
         except (ValueError, RuntimeError) as exc:  # e.g. no parameter varied among the complete trials
             blocks.append(Text(f"{caption}: not drawn ({exc})."))
-    return blocks
+    else:
+        blocks.append(Text(f"Parameter importances are left out: Optuna estimates them by fitting a model to the "
+                           f"complete trials, and {_trials(complete)} (fewer than {MIN_TRIALS_IMPORTANCES}) are "
+                           "too few for the estimate to say anything about the parameters."))
+    if complete < MIN_TRIALS_PARALLEL:
+        return blocks + [Text(f"The parallel-coordinate plot is left out: {_trials(complete)} would be as many "
+                              "lines, which the leaderboard above shows better, settings and score side by side.")]
+    data = parallel_data(study)
+    if len(data.axes) < 2:
+        return blocks + [Text("The parallel-coordinate plot is left out: no parameter varied among the complete "
+                              "trials.")]
+    caption = f"Parallel coordinates of the {complete} complete trials, coloured by their {data.axes[0].name}"
+    if data.constant:
+        caption += "; the same in all of them: " + ", ".join(f"{k}={v}" for k, v in data.constant.items())
+    keys = [f"{a.name}: {'; '.join(a.key)}" for a in data.axes if a.key]
+    caption += "." + (" Values written as letters: " + " | ".join(keys) + "." if keys else "")
+    path = plot_parallel(data.axes, data.objective, data.higher_is_better, figures / f"study-{name}-parallel.png")
+    return blocks + [Figure(path, caption)]
+
+
+def _trials(n: int) -> str:
+    return f"{n} complete trial" + ("" if n == 1 else "s")
 
 
 def build(col: Collection, out: Path, progress: bool = True) -> list:
@@ -105,8 +131,9 @@ def build(col: Collection, out: Path, progress: bool = True) -> list:
     figures = out / "figures"
     blocks: list = [Heading("lorabudget report", 1),
                     Text(f"{len(runs)} finished runs, {len(col.left_out)} left out; generated "
-                         f"{time.strftime('%Y-%m-%d %H:%M')}. Best validation accuracy is the best score "
-                         "seen on the run's validation split; train time excludes evaluation.")]
+                         f"{time.strftime('%Y-%m-%d %H:%M')}. A run's validation accuracy is that of the adapter it "
+                         "saved (its best evaluation by eval.metric), as training measured it; train time excludes "
+                         "evaluation.")]
     blocks += [Text(n) for n in col.notes]
     if not runs:
         raise RunDirError("no finished run to report" + (f" (left out: {', '.join(col.left_out)})"
@@ -121,19 +148,14 @@ def build(col: Collection, out: Path, progress: bool = True) -> list:
         blocks += [Heading("Left out"),
                    Table(["run or trial", "why"], [[k, v] for k, v in col.left_out.items()])]
 
-    short = short_keys(keys)
-    tasks = [(k, short[k]) for k in keys] or [(None, "run")]
-    bar = tqdm(total=len(tasks) + 2 + len(col.studies), desc="report", unit="figure", disable=not progress)
-    blocks.append(Heading("Validation accuracy during training"))
-    for key, label in tasks:
-        path = plot_curves_by(runs, key, label, figures / f"curves-{slug(key or 'runs')}.png")
-        blocks.append(Figure(path, f"Validation accuracy against step, coloured by {key or 'run'}"))
-        bar.update()
+    bar = tqdm(total=3 + len(col.studies), desc="report", unit="section", disable=not progress)
+    blocks += curves_section(runs, keys, figures)
+    bar.update()
     blocks += [Heading("Accuracy against trainable parameters"),
                Figure(plot_accuracy_vs_params(groups, names, figures / "accuracy-vs-params.png"),
-                      "Best validation accuracy against trainable parameters")]
+                      "Validation accuracy against trainable parameters")]
     bar.update()
-    best = max(runs, key=lambda r: r.best_accuracy)
+    best = max(runs, key=lambda r: r.accuracy)
     blocks += best_run_section(best, out)
     bar.update()
     for study in col.studies:
