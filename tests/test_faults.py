@@ -188,6 +188,15 @@ def test_a_damaged_run_file_is_a_clear_error(file, damage, command, expected, tr
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "merged").exists()
 
 
+def test_a_report_leaves_out_a_run_with_a_damaged_summary_and_says_why(trained_run, straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    _truncate(run / "summary.json")
+    assert main(["report", str(run), str(straight), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "summary.json is damaged" in page
+
+
 def test_a_damaged_token_cache_is_rebuilt(tiny_roberta, tmp_path):
     from lorabudget.model.backbone import load_tokenizer
     from lorabudget.runtime.tokens import cache_dir, tokenize
@@ -263,7 +272,8 @@ def test_a_full_disk_fails_the_run_clearly_and_resume_continues_once_space_is_fr
 
 
 # ---- two writers -----------------------------------------------------------------------------------------------
-def test_a_second_writer_refuses_at_once_and_a_reader_still_works(tiny_roberta, easy_csv, tmp_path, capsys):
+def test_a_second_writer_refuses_at_once_and_a_reader_still_works(tiny_roberta, easy_csv, tmp_path, capsys,
+                                                                   straight):
     run = tmp_path / "run"
     first = write_config(tmp_path / "a.yaml", _cfg(tiny_roberta, easy_csv, run, seed=0))
     second = write_config(tmp_path / "b.yaml", _cfg(tiny_roberta, easy_csv, run, seed=1))
@@ -282,6 +292,8 @@ def test_a_second_writer_refuses_at_once_and_a_reader_still_works(tiny_roberta, 
     assert main(["evaluate", str(run), "--out", str(tmp_path / "eval")]) == 0
     out = capsys.readouterr().out
     assert "still being written" in out and "best checkpoint so far" in out
+    assert main(["report", str(run), str(straight), "--out", str(tmp_path / "report")]) == 0
+    assert f"still running (pid {proc.pid}" in (tmp_path / "report" / "report.md").read_text()
     assert proc.wait(timeout=240) == 0, proc.stderr.read()[-3000:]
     assert _status(run)["state"] == "finished"
     assert "seed: 0" in (run / "config.yaml").read_text()

@@ -13,6 +13,7 @@ import yaml
 from ...config import Config, recipe_settings, without_non_recipe
 from ...errors import LorabudgetError, RunDirError
 from ...rundir import RunDir
+from ...runlock import describe_holder
 from ..studies import load_study
 
 MAX_SEARCH_DEPTH = 3  # folders searched below an input for run directories
@@ -79,12 +80,23 @@ class Collection:
         if key in self.runs:
             return
         if not run.is_finished():
+            writer = run.writer()
+            if writer is not None:  # only what is complete is read: a running run has no summary yet
+                steps = [r["step"] for r in run.read_metrics() if "val_accuracy" in r]
+                where = f"last evaluated at step {steps[-1]}" if steps else "not evaluated yet"
+                self.left_out[str(path)] = f"still running ({describe_holder(writer)}; {where})"
+                return
             status = run.status() or {}
             why = status.get("reason") or f"state {status.get('state', 'unknown')}"
             self.left_out[str(path)] = f"not finished ({why})"
             return
-        summary = run.summary()
-        recipe, seed = recipe_of(yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}, summary)
+        try:
+            summary = run.summary()
+            raw = yaml.safe_load(run.config.read_text(encoding="utf-8")) or {}
+        except (LorabudgetError, OSError, yaml.YAMLError) as exc:  # a damaged file: say which, report the rest
+            self.left_out[str(path)] = f"damaged ({' '.join(str(exc).split())[:200]})"
+            return
+        recipe, seed = recipe_of(raw if isinstance(raw, dict) else {}, summary)
         self.runs[key] = Run(path, path.name, flatten(recipe), seed, summary, run.read_metrics(), trial)
 
 
