@@ -16,6 +16,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 STAGES = [
     # the base: no lorabudget imports but each other
     ("lorabudget.version", 0), ("lorabudget.errors", 0), ("lorabudget.runlock", 0), ("lorabudget.rundir", 0),
+    ("lorabudget.hub", 0),
     ("lorabudget.metrics", 0),
     ("lorabudget.plots", 0),
     # the extension tables: the vocabulary the config is written in (head types, adapter methods)

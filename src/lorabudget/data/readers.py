@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..hub import local_files_only, offline_hint
 from .examples import LabelSpace, Table
 from .files import csv_rows, open_text, read_all_text
 
@@ -173,11 +174,14 @@ def read_hub(name: str, cfg: DataConfig) -> dict[str, Table]:
         import datasets
     except ImportError:
         raise DataError("reading from the Hugging Face Hub needs the 'datasets' package") from None
+    if local_files_only():  # out of reach: the local cache only, at once (datasets reads this flag per call)
+        datasets.config.HF_HUB_OFFLINE = True
     try:
         dd = datasets.load_dataset(name)
     except Exception as exc:  # offline, unknown id, gated: datasets raises many types
         raise DataError(
-            f"could not load the dataset {name!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}).\n"
+            f"could not load the dataset {name!r} from the Hugging Face Hub ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}).{offline_hint()}\n"
             f"Give a local copy instead: --data PATH (a folder in the ag_news_csv layout, or a csv / tsv / jsonl / "
             f"parquet file), or set {DATA_ENV}=PATH to replace the default dataset."
         ) from None

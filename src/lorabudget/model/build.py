@@ -11,7 +11,7 @@ from ..config import Config
 from ..data import LabelSpace
 from ..errors import ModelError
 from .adapters import add_adapters
-from .backbone import build_on_meta, load_pretrained
+from .backbone import build_on_meta, load_pretrained, portable_model_id
 from .budget import Breakdown, check_budget, count_trainable
 from .heads import HeadSpec
 
@@ -38,6 +38,8 @@ def build_adapted_model(cfg: Config, labels: LabelSpace) -> AdaptedModel:
     check_budget(planned, cfg.budget)
     model = load_pretrained(cfg.model.name, labels.names, trust_remote_code=cfg.model.trust_remote_code)
     peft_model, head, targets = add_adapters(model, cfg.adapter, cfg.head)
+    for adapter_config in peft_model.peft_config.values():  # recorded in adapter_config.json: not a local path
+        adapter_config.base_model_name_or_path = portable_model_id(cfg.model.name)
     real = count_trainable(peft_model)
     if real.total != planned.total:
         raise ModelError(f"the built model trains {real.total:,} parameters but its shape promised "

@@ -85,7 +85,9 @@ def save_adapter(run: RunDir, model, recipe) -> None:
     remove_quietly(tmp)
     try:
         with writing(tmp):
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            # save_embedding_layers=False: no embedding trains here, and peft's "auto" asks the Hub about the base
+            # model (a minute of retries offline) to decide whether a resized vocabulary must be saved.
+            model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             recipe.tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / "lorabudget_head.json", {
             "head": recipe.adapted.head.type, "base_model": recipe.cfg.model.name,

