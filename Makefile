@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/lorabudget evaluate runs/recommended-minilm
 
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 bench: install-test
 	$(BIN)/python benchmarks/speed.py --quick --json runs/bench-speed.json

@@ -104,3 +104,37 @@ def test_an_offline_first_run_fails_in_seconds_with_the_message(offline_env, eas
     assert "Traceback" not in res.stderr and "Retrying" not in res.stderr + res.stdout
     assert elapsed < 15, elapsed
     assert not (tmp_path / "run").exists()  # nothing that looks like a run was left
+
+
+FLAG_VALUES = {"--data": ("data.source", "d.csv"), "--model": ("model.name", "minilm"), "--budget": ("budget", 5000),
+               "--epochs": ("optim.epochs", 2.5), "--max-steps": ("optim.max_steps", 7), "--lr": ("optim.lr", 0.003),
+               "--seed": ("seed", 11)}
+VERB_ARGS = {"train": [], "config": [], "plan": [], "sweep": ["--space", "s.yaml", "--trials", "1"]}
+
+
+@pytest.mark.parametrize("verb", sorted(VERB_ARGS))
+def test_every_verb_that_reads_a_config_takes_the_same_common_flags(verb):
+    from lorabudget.cli import COMMON_FLAGS, _collect_overrides, build_parser
+
+    assert {flag for flag, *_ in COMMON_FLAGS} == set(FLAG_VALUES)
+    argv = [verb, *VERB_ARGS[verb]]
+    for flag, (_, value) in FLAG_VALUES.items():
+        argv += [flag, str(value)]
+    overrides = _collect_overrides(build_parser().parse_args(argv))
+    assert overrides == [f"{key}={value}" for key, value in FLAG_VALUES.values()]
+
+
+def test_the_common_flags_set_their_config_keys(capsys):
+    import yaml
+
+    argv = ["config"] + [x for flag, (_, value) in FLAG_VALUES.items() for x in (flag, str(value))]
+    assert main(argv + ["--set", "optim.lr=1"]) == 0  # the flag wins over a --set of its key
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    for key, value in FLAG_VALUES.values():
+        section, _, name = key.rpartition(".")
+        assert (cfg[section][name] if section else cfg[name]) == value, key
+
+
+def test_resume_refuses_flags_that_would_change_the_config(trained_run, capsys):
+    assert main(["train", "--resume", str(trained_run), "--lr", "0.1"]) == 2
+    assert "--resume continues a run with its own config" in capsys.readouterr().err

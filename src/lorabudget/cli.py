@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import LorabudgetError
@@ -24,24 +25,46 @@ their validation score. Run the same command again to continue a killed or inter
 machines with one --storage to share a study.""".split())
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+# The common flags: each a shortcut for one config key, spelled the same on every verb that reads a config
+# (train, sweep, plan, config). `--set KEY=VALUE` reaches every other field; a flag wins over a --set of its key.
+COMMON_FLAGS = [
+    ("--data", "data.source", str, "data source: a Hub dataset id, a folder, or a csv/tsv/jsonl/parquet/pickle file"),
+    ("--model", "model.name", str, "pretrained encoder: a Hub id, a local folder, or minilm (the packaged MiniLM)"),
+    ("--budget", "budget", int, "most trainable parameters allowed, head included"),
+    ("--epochs", "optim.epochs", float, "passes over the training split"),
+    ("--max-steps", "optim.max_steps", int, "optimizer steps (overrides --epochs)"),
+    ("--lr", "optim.lr", float, "peak learning rate"),
+    ("--seed", "seed", int, "training seed (head and adapter init, dropout, batch order)"),
+]
+
+
+def _config_args(p: argparse.ArgumentParser, *, model_help: str | None = None) -> None:
     p.add_argument("-c", "--config", help="YAML config file (see configs/); defaults apply without one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. --set adapter.r=4 (repeatable)")
-    p.add_argument("--data", help="data source: a Hub dataset id, a folder, or a csv/tsv/jsonl/parquet file")
+    for flag, key, kind, text in COMMON_FLAGS:
+        text = model_help if flag == "--model" and model_help else text
+        metavar = {"--data": "SOURCE", "--model": "NAME", "--lr": "LR"}.get(flag, "N")
+        p.add_argument(flag, type=kind, dest=key.replace(".", "__"), metavar=metavar, help=f"{text} (--set {key}=...)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickled data file (unpickling runs code from the file: only files you trust)")
 
 
 def _collect_overrides(args) -> list[str]:
     overrides = list(args.overrides)
-    if getattr(args, "data", None):
-        overrides.append(f"data.source={args.data}")
+    for _, key, _, _ in COMMON_FLAGS:
+        value = getattr(args, key.replace(".", "__"), None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
     if getattr(args, "output_dir", None):
         overrides.append(f"output_dir={args.output_dir}")
-    if getattr(args, "max_steps", None) is not None:
-        overrides.append(f"optim.max_steps={args.max_steps}")
     if getattr(args, "allow_pickle", False):
         overrides.append("data.allow_pickle=true")
     return overrides
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _default_output_dir(cfg) -> str:
@@ -61,8 +84,9 @@ def cmd_train(args) -> int:
         run = RunDir(args.resume)
         if not run.config.is_file():
             raise LorabudgetError(f"{run.path} is not a run directory (no config.yaml); nothing to resume")
-        if args.config or args.overrides or args.data:
-            raise LorabudgetError("--resume continues a run with its own config; drop -c/--set/--data")
+        if args.config or _collect_overrides(args):
+            raise LorabudgetError("--resume continues a run with its own config; drop -c, --set and the flags that "
+                                  "set config fields (--data, --model, --lr, ...)")
         cfg = None
     else:
         cfg = load_config(args.config, _collect_overrides(args))
@@ -72,7 +96,7 @@ def cmd_train(args) -> int:
         run.check_new(args.overwrite, main=is_main_process())  # a foreign folder: refused before the lock file
     # One writer per run dir, from the checks to the end (a second command refuses at once, naming this one).
     # Only the main process of a launch writes, so only it locks.
-    with run.lock(command_line()) if is_main_process() else _no_lock():
+    with run.lock(command_line()) if is_main_process() else nullcontext():
         if args.resume:
             if run.is_finished():
                 print(f"{run.path} already finished; nothing to resume")
@@ -83,12 +107,6 @@ def cmd_train(args) -> int:
             run.check_new(args.overwrite, main=is_main_process())  # again under the lock: a writer may have begun
             resume = False
         return _train(args, cfg, run, resume)
-
-
-def _no_lock():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def _train(args, cfg, run, resume: bool) -> int:
@@ -196,9 +214,9 @@ def cmd_plan(args) -> int:
     from .config import load_config
     from .tools import planner
 
-    overrides = list(args.overrides) + ([f"budget={args.budget}"] if args.budget is not None else [])
-    cfg = load_config(args.config, overrides)
-    if args.model is None:
+    cfg = load_config(args.config, _collect_overrides(args))
+    model = args.model__name
+    if model is None:
         search_only = [f"--{n.replace('_', '-')}" for n in ("methods", "modules", "ranks", "heads", "bias", "layers",
                                                            "write", "plot") if getattr(args, n) is not None]
         if search_only:
@@ -206,8 +224,8 @@ def cmd_plan(args) -> int:
         print(planner.check_config(cfg, args.num_labels))
         return 0
     space = planner.SearchSpace.parse(args.methods, args.modules, args.ranks, args.heads, args.bias, args.layers)
-    print(planner.plan(cfg, args.model, space, num_labels=args.num_labels, top=args.top, sample=args.sample,
-                       seed=args.seed, write=args.write, pick=args.pick, plot=args.plot))
+    print(planner.plan(cfg, model, space, num_labels=args.num_labels, top=args.top, sample=args.sample,
+                       seed=args.sample_seed, write=args.write, pick=args.pick, plot=args.plot))
     return 0
 
 
@@ -227,8 +245,8 @@ def cmd_sweep(args) -> int:
         print("\ninterrupted; the trial in progress is retried when the same command runs again",
               file=sys.stderr)
         return getattr(exc, "exit_code", 130)
-    print(f"\ndone      {result.done} trials complete or pruned; {result.skipped} candidates skipped (over "
-          f"budget or invalid), {result.failed} failed")
+    print(f"\ndone      {_count(result.done, 'trial')} complete or pruned; {_count(result.skipped, 'candidate')} "
+          f"skipped (over budget or invalid), {result.failed} failed")
     if result.best:
         b = result.best
         print(f"best      trial {b['number']}: {base.eval.metric} {b['value']:.4f}, "
@@ -260,16 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a run from a config into a run directory")
     _config_args(p)
     p.add_argument("--output-dir", help="run directory (default runs/<model>-<time>)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides epochs)")
     p.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a run")
     p.add_argument("--resume", metavar="RUN", help="continue a killed run from its last checkpoint")
-    p.add_argument("--allow-pickle", action="store_true", help="allow pickled data files (runs their code)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a finished run: accuracy, macro-F1, per-class table, confusion matrix")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="data source to score (default: the run's own validation split)")
     p.add_argument("--out", help="output folder (default RUN/eval/<data>)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickled dataset (unpickling runs code from the file: only files you trust)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
                    help="how to read --data, e.g. --set data.text_column=sentence")
     p.set_defaults(func=cmd_evaluate)
@@ -306,13 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan", help="exact trainable count of a config, or search the allocations that fit a budget (no weights)",
         description=PLAN_DESCRIPTION + " " + HEURISTIC)
-    p.add_argument("-c", "--config", help="YAML config: the one to count, or the base of written candidates")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set head.rank=16 (repeatable)")
-    p.add_argument("--budget", type=int, help="most trainable parameters allowed (sets the config's budget)")
+    _config_args(p, model_help="search allocations for this model (name of a shipped config, local folder, or Hub "
+                 "id); without it, count the config's own model")
     p.add_argument("--num-labels", type=int, help="classes of the head (default: data.label_names, else 4)")
-    p.add_argument("--model", help="search allocations for this model (name of a shipped config, local folder, "
-                   "or Hub id)")
     p.add_argument("--methods", help="comma list of lora, dora (default both)")
     p.add_argument("--modules", help="module types to combine: query, key, value, attention.output.dense, "
                    "intermediate.dense, output.dense (default all)")
@@ -324,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a custom layer set besides all and top k, e.g. 0,1,5,10,11 (repeatable)")
     p.add_argument("--top", type=int, default=10, help="rows to show, each built and checked (default 10)")
     p.add_argument("--sample", type=int, default=5, help="random other fitting allocations to build and check")
-    p.add_argument("--seed", type=int, default=0, help="seed of that sample")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of that sample")
     p.add_argument("--write", metavar="PATH.yaml", help="write row --pick as a config for `lorabudget train`")
     p.add_argument("--pick", type=int, default=1, help="the row --write writes (default 1)")
     p.add_argument("--plot", metavar="PATH.png", help="stacked bars of the rows' budget split")

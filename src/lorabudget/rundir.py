@@ -2,12 +2,17 @@
 
     config.yaml          resolved config (what ran, after overrides and data-source resolution)
     labels.json          class names and how the source codes them
-    status.json          {"state": "running" | "finished" | "failed", ...}: a run is finished only when it says so
+    status.json          {"state": "running" | "finished" | "failed" | "interrupted", "reason": ...}: a run is
+                         finished only when it says so
     metrics.jsonl        one JSON object per logging step (train) and per evaluation (validation)
     summary.json         best and final metrics, parameter breakdown, timing, versions (written last)
-    checkpoints/last/    everything needed to resume; checkpoints/best/ the best trainable weights
+    checkpoints/last/    everything needed to resume, with a manifest of its files' hashes; checkpoints/previous/
+                         the generation before it (a fallback when last is damaged); checkpoints/best/ the best
+                         trainable weights
     adapter/             the adapter in peft's format, head included (+ lorabudget_head.json)
     plots/               loss and accuracy curves
+    tensorboard/, mlflow/, wandb/   the experiment trackers' own files, when logging.trackers names them
+    .lock                held (flock) by the one process writing the run; see runlock.py
 
 Every file is written to a temporary name and renamed into place, so a killed process leaves either the old or
 the new version, never half of one. A write the disk refuses (full, over quota, read-only) raises `WriteFailed`
@@ -31,7 +36,8 @@ from .runlock import LOCK_NAME, RunLock, describe_holder, writer_of
 
 # What a run directory may hold (see above), partial runs included: --overwrite deletes only folders made of these.
 RUN_ENTRIES = frozenset({"config.yaml", "labels.json", "status.json", "metrics.jsonl", "summary.json", "split.json",
-                         "checkpoints", "adapter", "adapter.tmp", "adapter.old", "plots", "eval", "tensorboard"})
+                         "checkpoints", "adapter", "adapter.tmp", "adapter.old", "plots", "eval", "tensorboard",
+                         "mlflow", "wandb"})
 
 
 def _current_umask() -> int:

@@ -209,8 +209,40 @@ class EvalConfig(_Section):
 
 class LoggingConfig(_Section):
     every_steps: int = Field(10, gt=0, description="Log train loss and lr every N optimizer steps.")
-    tensorboard: bool = Field(False, description="Also log to TensorBoard (through accelerate's trackers).")
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that also get the run, through accelerate's trackers: the config as dotted "
+        "parameters (adapter.r), every metrics record, and at the end best_*/final_* scores, trainable_params and "
+        "train_seconds. 'tensorboard' writes RUN/tensorboard/. 'mlflow' logs to MLFLOW_TRACKING_URI when set, else "
+        "to a local SQLite store, RUN/mlflow/mlflow.db (`mlflow ui --backend-store-uri sqlite:///RUN/mlflow/mlflow.db`"
+        "). 'wandb' writes RUN/wandb/ and runs offline unless WANDB_MODE is set (offline needs no login or network; "
+        "`wandb sync` uploads the run later; WANDB_MODE=online streams it). Each needs its package: `pip install "
+        "lorabudget[mlflow]` (or [tensorboard], [wandb]). A resumed run logs as a new tracker run of the same name.",
+    )
+    project: str = Field(
+        "lorabudget", min_length=1,
+        description="What the trackers file the run under: the MLflow experiment, the W&B project, the TensorBoard "
+        "subfolder. The tracker run is named after the run directory.",
+    )
+    tensorboard: bool = Field(
+        False,
+        description="Deprecated: `true` is the same as 'tensorboard' in logging.trackers (a validator moves it there "
+        "and sets this back to false).",
+    )
     progress: bool = Field(True, description="Show progress bars.")
+
+    @field_validator("trackers")
+    @classmethod
+    def _unique_trackers(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _fold_tensorboard(self) -> LoggingConfig:
+        # Written to __dict__: an assignment would validate again (validate_assignment) and call this once more.
+        if self.tensorboard:
+            self.__dict__["trackers"] = list(dict.fromkeys([*self.trackers, "tensorboard"]))
+            self.__dict__["tensorboard"] = False
+        return self
 
 
 class SpeedConfig(_Section):

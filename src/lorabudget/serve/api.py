@@ -93,9 +93,10 @@ class Classifier:
                  progress: bool = False) -> Tokenized:
         return tokenize(list(texts), labels, self.tokenizer, self.config.model.max_length, progress=progress)
 
-    def logits(self, data: Tokenized, *, batch_size: int = 128, progress: bool = False) -> np.ndarray:
+    def logits(self, data: Tokenized, *, batch_size: int = 128, progress: bool = False,
+               desc: str = "predict") -> np.ndarray:
         rows, logits = predict_logits(self.model, TokenBatches(data, self.pad_id), batch_size=batch_size,
-                                      device=self.device, dtype=self.dtype, progress=progress, desc="predict")
+                                      device=self.device, dtype=self.dtype, progress=progress, desc=desc)
         return ordered(rows, logits, len(data)) if len(data) else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict_proba(self, texts: Sequence[str], *, batch_size: int = 128) -> np.ndarray:

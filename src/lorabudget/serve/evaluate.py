@@ -42,7 +42,7 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
     clf = Classifier(run)
     examples, name = _evaluation_rows(clf, source, data_cfg)
     data = clf.tokenize(examples.texts, examples.labels, progress=progress)
-    preds = clf.logits(data, batch_size=clf.config.eval.batch_size, progress=progress).argmax(axis=1)
+    preds = clf.logits(data, batch_size=clf.config.eval.batch_size, progress=progress, desc="evaluate").argmax(axis=1)
     scores = classification_scores(examples.labels, preds, clf.class_names)
     scores["data"] = name
     if clf.checkpoint is not None:

@@ -78,8 +78,9 @@ class TrainingRecipe:
         self.forward = partial(forward_logits, inner=self.inner)
         self.eval_every = cfg.eval.every_steps or self.schedule.steps_per_epoch
         self.state = resume_run(self) if self.resume else start_run(self)
-        if cfg.logging.tensorboard:
-            acc.init_trackers("lorabudget", config={k: str(v) for k, v in cfg.model_dump().items()})
+        if cfg.logging.trackers:  # after start_run: a new run's folder is cleared first
+            from .trackers import start_trackers
+            start_trackers(acc, cfg, self.run)
 
     # Shortcuts for callers that announce the run (cli, sweep, benchmarks)
     total_steps = property(lambda self: self.schedule.total_steps)
@@ -136,6 +137,8 @@ class TrainingRecipe:
             stop = self.stop.agreed(acc)  # a signal: checkpoint here, then stop
             if evaluate or stop:
                 st.train_seconds += time.perf_counter() - started
+                if st.step == self.total_steps:
+                    bar.close()  # its elapsed time is training's: the final evaluation is not part of it
                 self._evaluate_and_checkpoint(bar) if evaluate else self._checkpoint()
                 if stop:
                     bar.close()

@@ -73,10 +73,10 @@ def log_train_loss(recipe, bar) -> None:
 
 
 def log_metrics(recipe, record: dict) -> None:
-    """One line of metrics.jsonl (a logging step or an evaluation), and TensorBoard when asked."""
+    """One line of metrics.jsonl (a logging step or an evaluation), and the experiment trackers when asked."""
     if recipe.main:
         recipe.run.append_metrics(record)
-    if recipe.cfg.logging.tensorboard:
+    if recipe.cfg.logging.trackers:
         recipe.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
 
@@ -147,6 +147,7 @@ def finish_run(recipe, final_scores: dict) -> dict:
         atomic_write_json(run.summary_file, summary)
         run.set_status("finished")
     acc.wait_for_everyone()
-    if recipe.cfg.logging.tensorboard:
-        acc.end_training()
+    if recipe.cfg.logging.trackers:  # the summary's numbers, then close them
+        from .trackers import finish_trackers
+        finish_trackers(acc, summary)
     return summary or {}

@@ -90,7 +90,8 @@ def study_section(study, figures: Path) -> list:
     skipped = sum(1 for t in trials if t.user_attrs.get("skipped") == "over budget")
     text = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     if counts.get("FAIL"):
-        text += f"; {skipped} of the failed were over budget and never trained"
+        text += (f"; {skipped} of the failed {'was' if skipped == 1 else 'were'} over budget and never trained"
+                 if skipped else "")
     blocks: list = [Heading(f"Study {study.study_name}"), Text(text + ".")]
     complete = counts.get("COMPLETE", 0)
     name = slug(study.study_name)
