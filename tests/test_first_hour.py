@@ -138,3 +138,44 @@ def test_the_common_flags_set_their_config_keys(capsys):
 def test_resume_refuses_flags_that_would_change_the_config(trained_run, capsys):
     assert main(["train", "--resume", str(trained_run), "--lr", "0.1"]) == 2
     assert "--resume continues a run with its own config" in capsys.readouterr().err
+
+
+def test_own_validation_sets_train_on_all_of_train_and_are_each_scored(tiny_roberta, easy_csv, tmp_path, capsys):
+    """data.validation_source: the first set decides the best checkpoint, every set is logged, plotted and in the
+    summary, all of train trains, and `evaluate` scores the run's own first set by default."""
+    import csv
+
+    val = write_csv(tmp_path / "val.csv", make_texts(40, seed=21))
+    shifted = write_csv(tmp_path / "shifted-dev.csv", make_texts(30, seed=22))
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_roberta, easy_csv, run, optim={"max_steps": 12}, eval={"every_steps": 6})
+    cfg["data"]["validation_source"] = [str(val), str(shifted)]
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    assert "shifted_dev: accuracy" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    with open(easy_csv, newline="") as f:
+        assert summary["data"]["train_rows"] == sum(1 for _ in csv.reader(f)) - 1  # every row of train trains
+    assert summary["data"]["validation_rows"] == 40 and summary["data"]["evaluation_sets"] == {"shifted_dev": 30}
+    assert set(summary["final"]["sets"]) == {"shifted_dev"} and "sets" in summary["best"]
+    evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_accuracy" in r]
+    assert [r["step"] for r in evals] == [6, 12]
+    assert all(0 <= r["val_shifted_dev_accuracy"] <= 1 for r in evals)
+    assert evals[-1]["val_shifted_dev_accuracy"] == summary["final"]["sets"]["shifted_dev"]["accuracy"]
+    # the first set decides: the best step is the one with the best val_accuracy
+    assert summary["best"]["accuracy"] == max(r["val_accuracy"] for r in evals)
+    assert (run / "plots" / "accuracy.png").is_file()
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval")]) == 0
+    scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert scores["data"] == "validation" and sum(sum(row) for row in scores["confusion_matrix"]) == 40
+
+
+def test_train_predicts_a_file_with_the_best_checkpoint(tiny_roberta, easy_csv, easy_jsonl, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "submission.csv"
+    cfg = write_config(tmp_path / "c.yaml", tiny_config(tiny_roberta, easy_csv, run, optim={"max_steps": 8}))
+    assert main(["train", "-c", str(cfg), "--predict", str(tmp_path / "missing.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err and not run.exists()  # refused before training
+    assert main(["train", "-c", str(cfg), "--predict", str(easy_jsonl), "--out", str(out)]) == 0
+    assert "with the best checkpoint" in capsys.readouterr().out
+    assert main(["predict", str(run), "--data", str(easy_jsonl), "--out", str(tmp_path / "again.csv")]) == 0
+    assert out.read_text() == (tmp_path / "again.csv").read_text()
+    assert out.read_text().splitlines()[0] == "ID,Label" and len(out.read_text().splitlines()) == 201

@@ -75,7 +75,10 @@ def _default_output_dir(cfg) -> str:
 
 
 def cmd_train(args) -> int:
+    from .cli_train import check_predict_args
     from .config import load_config
+
+    check_predict_args(args)
     from .rundir import RunDir
     from .runlock import command_line
     from .train.stopping import is_main_process
@@ -106,38 +109,9 @@ def cmd_train(args) -> int:
         else:
             run.check_new(args.overwrite, main=is_main_process())  # again under the lock: a writer may have begun
             resume = False
-        return _train(args, cfg, run, resume)
+        from .cli_train import run_training
 
-
-def _train(args, cfg, run, resume: bool) -> int:
-    from .train.recipe import train
-
-    def announce(recipe) -> None:
-        if recipe.main:
-            d = recipe.data
-            print(f"run dir   {run.path}")
-            print(f"data      {d.dataset.source}: {len(d.split.train):,} train / {len(d.split.validation):,} "
-                  f"validation rows, {len(d.labels.names)} classes")
-            print(f"model     {cfg.model.name}, head {cfg.head.type}, precision {recipe.precision}, "
-                  f"{recipe.world} process(es) on {recipe.device}")
-            print(recipe.describe())
-            if recipe.prefix:
-                print(f"speed     layers 0-{recipe.prefix - 1} train nothing: computed once and cached")
-            print(f"schedule  {recipe.total_steps} steps ({recipe.steps_per_epoch}/epoch), evaluate every "
-                  f"{recipe.eval_every}" + (f"; resuming at step {recipe.state.step}" if resume else ""))
-
-    summary = train(cfg, run, resume=resume, on_ready=announce)
-    if summary:
-        b, f = summary["best"], summary["final"]
-        print(f"\nfinished  {summary['steps']} steps in {summary['train_seconds']:.0f} s "
-              f"({summary['train_samples_per_s']:.1f} samples/s)" + (", stopped early" if summary["stopped_early"]
-                                                                      else ""))
-        print(f"best      step {b['step']}: accuracy {b.get('accuracy', float('nan')):.4f}, macro-F1 "
-              f"{b.get('macro_f1', float('nan')):.4f}, loss {b.get('loss', float('nan')):.4f}")
-        print(f"final     step {f['step']}: accuracy {f['accuracy']:.4f}")
-        print(f"trainable {summary['trainable_params']:,} of budget {summary['budget']:,}")
-        print(f"wrote     {run.path}/ (adapter/, plots/, metrics.jsonl, summary.json)")
-    return 0
+        return run_training(args, cfg, run, resume)
 
 
 def _data_overrides(args) -> dict:
@@ -280,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="run directory (default runs/<model>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a run directory that holds a run")
     p.add_argument("--resume", metavar="RUN", help="continue a killed run from its last checkpoint")
+    p.add_argument("--predict", metavar="FILE", help="after training, predict FILE with the best checkpoint")
+    p.add_argument("--out", metavar="CSV", help="where --predict writes its ID,Label submission (default "
+                   "RUN/predictions.csv)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score a finished run: accuracy, macro-F1, per-class table, confusion matrix")

@@ -29,6 +29,12 @@ def _label_axes(ax, ylabel: str, title: str) -> None:
     ax.legend()
 
 
+def _further_sets(val: list[dict]) -> list[str]:
+    """Names of the further evaluation sets (data.validation_source) in the validation records."""
+    keys = {k for r in val for k in r if k.startswith("val_") and k.endswith("_accuracy") and k != "val_accuracy"}
+    return sorted(k[len("val_"):-len("_accuracy")] for k in keys)
+
+
 def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
     train = [r for r in records if "train_loss" in r]
     val = [r for r in records if "val_accuracy" in r]
@@ -46,6 +52,8 @@ def plot_training_curves(records: list[dict], folder: Path) -> list[Path]:
         steps = [r["step"] for r in val]
         ax.plot(steps, [r["val_accuracy"] for r in val], "o-", label="accuracy")
         ax.plot(steps, [r["val_macro_f1"] for r in val], "s--", label="macro-F1", alpha=0.7)
+        for name in _further_sets(val):
+            ax.plot(steps, [r.get(f"val_{name}_accuracy") for r in val], "^-", label=f"{name} accuracy", lw=1.2)
         best = max(val, key=lambda r: r["val_accuracy"])
         ax.annotate(f"{best['val_accuracy']:.4f}", (best["step"], best["val_accuracy"]),
                     textcoords="offset points", xytext=(0, 8), ha="center")

@@ -37,7 +37,7 @@ from .runlock import LOCK_NAME, RunLock, describe_holder, writer_of
 # What a run directory may hold (see above), partial runs included: --overwrite deletes only folders made of these.
 RUN_ENTRIES = frozenset({"config.yaml", "labels.json", "status.json", "metrics.jsonl", "summary.json", "split.json",
                          "checkpoints", "adapter", "adapter.tmp", "adapter.old", "plots", "eval", "tensorboard",
-                         "mlflow", "wandb"})
+                         "mlflow", "wandb", "predictions.csv"})
 
 
 def _current_umask() -> int:

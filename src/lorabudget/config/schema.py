@@ -75,6 +75,13 @@ class DataConfig(_Section):
         0, description="Seed of the validation split, separate from the training seed so that runs with different "
         "seeds are scored on the same rows."
     )
+    validation_source: list[str] = Field(
+        default_factory=list,
+        description="Evaluation sets of your own (any supported source, labelled; its test split if it has one) "
+        "instead of a split held out of train: the run then trains on all of train. The first decides the best "
+        "checkpoint and early stopping; every one is scored at each evaluation, logged (val_<name>_accuracy, ...) "
+        "and plotted. One source or a list.",
+    )
     max_train_samples: int | None = Field(
         None, ge=1, description="Use at most this many training rows (stratified sample), for quick runs."
     )
@@ -82,6 +89,13 @@ class DataConfig(_Section):
         False,
         description="Allow reading pickled datasets. Unpickling runs code from the file: only for files you trust.",
     )
+
+    @field_validator("validation_source", mode="before")
+    @classmethod
+    def _one_or_more(cls, v):
+        if v is None:
+            return []
+        return [v] if isinstance(v, str) else v
 
     @field_validator("validation_size")
     @classmethod

@@ -21,7 +21,7 @@ def _base_suffix(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def looks_like_hub_id(source: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", source)) and _base_suffix(Path(source)) == ""
 
 
@@ -48,7 +48,7 @@ def _folder_tables(folder: Path) -> dict[str, Table]:
 def _read_tables(source: str, cfg: DataConfig) -> dict[str, Table]:
     path = Path(source).expanduser()
     fmt = cfg.format
-    if fmt == "hub" or (fmt == "auto" and not path.exists() and _looks_like_hub_id(source)):
+    if fmt == "hub" or (fmt == "auto" and not path.exists() and looks_like_hub_id(source)):
         return read_hub(source, cfg)
     if not path.exists():
         raise DataError(f"data source not found: {source} (a file or folder path, or a Hub dataset id)")

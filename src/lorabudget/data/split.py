@@ -4,7 +4,9 @@ seeds are scored on the same rows; and the training data of a run, split."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -41,8 +43,9 @@ def _stratified_take(labels: np.ndarray, n_take: int, rng: np.random.Generator,
 @dataclass
 class Split:
     train: Examples
-    validation: Examples
+    validation: Examples  # decides the best checkpoint and early stopping
     validation_hash: str
+    extra: dict[str, Examples] = field(default_factory=dict)  # further evaluation sets (data.validation_source)
 
 
 def validation_hash(ids: list[str]) -> str:
@@ -68,15 +71,57 @@ def split_train_validation(examples: Examples, cfg: DataConfig, source: str = "t
     val_idx = _stratified_take(labels, n_val, rng, leave_per_class=1)
     train_mask = np.ones(n, dtype=bool)
     train_mask[val_idx] = False
-    train_idx = np.flatnonzero(train_mask)
-    if cfg.max_train_samples is not None and cfg.max_train_samples < len(train_idx):
-        if cfg.max_train_samples < len(present):
-            raise DataError(f"{source}: data.max_train_samples={cfg.max_train_samples} keeps fewer training rows "
-                            f"than there are classes ({len(present)}): every class needs at least one")
-        keep = _stratified_take(labels[train_idx], cfg.max_train_samples, rng, take_per_class=1)
-        train_idx = train_idx[keep]
+    train_idx = _limit_train(labels, np.flatnonzero(train_mask), cfg, rng, source)
     validation = examples.subset(val_idx.tolist())
     return Split(examples.subset(train_idx.tolist()), validation, validation_hash(validation.ids))
+
+
+def _limit_train(labels: np.ndarray, train_idx: np.ndarray, cfg: DataConfig, rng: np.random.Generator,
+                 source: str) -> np.ndarray:
+    """`data.max_train_samples`: a stratified sample of the training rows that keeps every class."""
+    if cfg.max_train_samples is None or cfg.max_train_samples >= len(train_idx):
+        return train_idx
+    present = np.unique(labels[train_idx])
+    if cfg.max_train_samples < len(present):
+        raise DataError(f"{source}: data.max_train_samples={cfg.max_train_samples} keeps fewer training rows "
+                        f"than there are classes ({len(present)}): every class needs at least one")
+    return train_idx[_stratified_take(labels[train_idx], cfg.max_train_samples, rng, take_per_class=1)]
+
+
+def evaluation_examples(cfg: DataConfig, source: str, labels: LabelSpace) -> Examples:
+    """The labelled rows of an evaluation source, coded in the run's label space: its test split when it has
+    one (a folder in the ag_news_csv layout), else its validation split, else its only split."""
+    dataset = load_source(cfg, source, labels=labels)
+    name = next(s for s in ("test", "validation", "train", *dataset.splits) if s in dataset.splits)
+    examples = dataset.splits[name]
+    if examples.labels is None:
+        raise DataError(f"{source}: an evaluation set needs labels (column {cfg.label_column!r})")
+    return examples
+
+
+def evaluation_set_names(sources: list[str]) -> list[str]:
+    """A short name per evaluation source, for metric keys (val_<name>_accuracy): the file's stem, made unique."""
+    names: list[str] = []
+    for source in sources:
+        stem = Path(source.rstrip("/")).name.split(".")[0] or "set"
+        base = re.sub(r"[^0-9A-Za-z]+", "_", stem).strip("_").lower() or "set"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def split_with_own_validation(examples: Examples, cfg: DataConfig, labels: LabelSpace, source: str) -> Split:
+    """All of train trains (up to max_train_samples); the evaluation sets are the user's own sources."""
+    if examples.labels is None:
+        raise DataError(f"{source}: training data needs labels (column {cfg.label_column!r})")
+    rng = np.random.default_rng(cfg.split_seed)
+    train_idx = _limit_train(np.asarray(examples.labels), np.arange(len(examples)), cfg, rng, source)
+    sets = [evaluation_examples(cfg, s, labels) for s in cfg.validation_source]
+    names = evaluation_set_names(cfg.validation_source)
+    return Split(examples.subset(train_idx.tolist()), sets[0], validation_hash(sets[0].ids),
+                 dict(zip(names[1:], sets[1:])))
 
 
 @dataclass
@@ -93,4 +138,7 @@ def load_training_data(cfg: Config) -> TrainingData:
     dataset = load_source(cfg.data)
     if "train" not in dataset.splits:
         raise DataError(f"{dataset.source} has no training split (a data folder needs train.csv)")
-    return TrainingData(dataset, split_train_validation(dataset.splits["train"], cfg.data, dataset.source))
+    train = dataset.splits["train"]
+    if cfg.data.validation_source:
+        return TrainingData(dataset, split_with_own_validation(train, cfg.data, dataset.labels, dataset.source))
+    return TrainingData(dataset, split_train_validation(train, cfg.data, dataset.source))

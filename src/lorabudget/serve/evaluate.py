@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import DataConfig, load_config, override_section
-from ..data import load_source, split_train_validation
+from ..data import evaluation_examples, load_source, split_train_validation, validation_hash
 from ..errors import DataError
 from ..metrics import classification_scores, format_report
 from ..plots import plot_confusion_matrix
@@ -18,13 +18,19 @@ def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
     re-derived from the data, checked against the hash the run recorded, so training rows are never scored."""
     facts = read_json(clf.run.path / "split.json", "the run's record of its data is lost: pass --data")
     run_source = facts["source"]
-    if source is None or source == run_source:
-        dataset = load_source(data_cfg, run_source, labels=clf.labels)
-        split = split_train_validation(dataset.splits["train"], data_cfg, run_source)
-        if split.validation_hash != facts["validation_hash"]:
-            raise DataError(f"{run_source} no longer yields the validation rows this run was scored on (hash "
-                            f"{split.validation_hash} != {facts['validation_hash']}); the data changed")
-        return split.validation, "validation"
+    own = facts.get("validation_source")  # the run's own evaluation set, rather than a split of its data
+    if source is None or source in (run_source, own):
+        if own:
+            rows = evaluation_examples(data_cfg, own, clf.labels)
+            where, got = own, validation_hash(rows.ids)
+        else:
+            dataset = load_source(data_cfg, run_source, labels=clf.labels)
+            split = split_train_validation(dataset.splits["train"], data_cfg, run_source)
+            rows, where, got = split.validation, run_source, split.validation_hash
+        if got != facts["validation_hash"]:
+            raise DataError(f"{where} no longer yields the validation rows this run was scored on (hash "
+                            f"{got} != {facts['validation_hash']}); the data changed")
+        return rows, "validation"
     dataset = load_source(data_cfg, source, labels=clf.labels)
     name = "test" if "test" in dataset.splits else "train"
     examples = dataset.splits[name]

@@ -45,7 +45,7 @@ def record(state: LoopState, scores: dict, eval_cfg) -> bool:
     improved = is_better(value, state.best_metric, eval_cfg.metric, eval_cfg.min_delta)
     if improved:
         state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
-        state.best_scores = {k: scores[k] for k in ("accuracy", "macro_f1", "loss")}
+        state.best_scores = {k: scores[k] for k in ("accuracy", "macro_f1", "loss", "sets") if k in scores}
     else:
         state.evals_without_improvement += 1
     patience = eval_cfg.early_stopping_patience
@@ -72,3 +72,28 @@ def validation_scores(accelerator, model, source, labels: np.ndarray, class_name
     scores = classification_scores(labels, logits.argmax(1), class_names)
     scores["loss"] = loss
     return scores
+
+
+SET_SCORES = ("accuracy", "macro_f1", "loss")
+
+
+def scores_of_every_set(recipe) -> dict:
+    """The validation scores (the set that decides), with each further evaluation set's under `sets`."""
+    def score(source, labels) -> dict:
+        return validation_scores(recipe.accelerator, recipe.accelerator.unwrap_model(recipe.model), source, labels,
+                                 recipe.labels.names, batch_size=recipe.cfg.eval.batch_size, dtype=recipe.dtype,
+                                 forward=recipe.forward)
+
+    scores = score(recipe.val_source, recipe.val_data.labels)
+    if recipe.extra_data:
+        scores["sets"] = {name: {k: score(recipe.extra_sources[name], data.labels)[k] for k in SET_SCORES}
+                          for name, data in recipe.extra_data.items()}
+    return scores
+
+
+def evaluation_record(scores: dict) -> dict:
+    """An evaluation's line of metrics.jsonl: val_* for the deciding set, val_<name>_* for each further one."""
+    record = {f"val_{k}": scores[k] for k in SET_SCORES}
+    for name, extra in scores.get("sets", {}).items():
+        record.update({f"val_{name}_{k}": extra[k] for k in SET_SCORES})
+    return record

@@ -24,13 +24,12 @@ from ..rundir import RunDir
 from ..runtime.batching import TokenBatches
 from ..runtime.forward import forward_logits
 from ..runtime.precision import DTYPES, autocast
-from ..runtime.prefix import cache_states
 from .accelerator import make_accelerator
 from .checkpoint import save_checkpoint, save_weights
-from .evaluation import record, validation_scores
+from .evaluation import evaluation_record, record, scores_of_every_set
 from .optim import class_weight_tensor, make_optimizer, plan_schedule
 from .run_files import finish_run, log_metrics, log_train_loss, resume_run, start_run
-from .setup import epoch_batches, prepare_data, prepare_model
+from .setup import cache_prefix, epoch_batches, prepare_data, prepare_model
 from .stopping import StopSignals, check_finite, run_writer
 
 
@@ -58,15 +57,16 @@ class TrainingRecipe:
 
         d = prepare_data(cfg, self.progress)
         self.data, self.labels, self.tokenizer, self.pad_id = d.data, d.data.labels, d.tokenizer, d.pad_id
-        self.train_data, self.val_data = d.train, d.validation
+        self.train_data, self.val_data, self.extra_data = d.train, d.validation, d.extra
 
         set_seed(cfg.seed)  # head init, adapter init and dropout all follow the training seed
         m = prepare_model(cfg, self.labels, self.precision, self.device, say=self.say)
         self.adapted, model, self.inner, self.prefix = m.adapted, m.adapted.model, m.inner, m.prefix
         self.compiled, self.fast_dropouts = m.compiled, m.fast_dropouts
         self.cache_storage: str | None = None  # 'memory' or 'disk', decided when the states are computed
-        self.train_source = TokenBatches(self.train_data, self.pad_id)
-        self.val_source = TokenBatches(self.val_data, self.pad_id)
+        self.train_source, self.val_source, self.extra_sources = (
+            TokenBatches(self.train_data, self.pad_id), TokenBatches(self.val_data, self.pad_id),
+            {name: TokenBatches(data, self.pad_id) for name, data in self.extra_data.items()})
         self.class_weights = (class_weight_tensor(self.train_data.labels, len(self.labels.names)).to(self.device)
                               if cfg.optim.class_weights == "balanced" else None)
 
@@ -97,10 +97,7 @@ class TrainingRecipe:
         bar = tqdm(total=self.total_steps, initial=st.step, desc="train", unit="step", disable=not self.progress)
         started = time.perf_counter()
         if self.prefix:  # inside the timed span: the caching pass is part of training's cost
-            (self.train_source, self.val_source), self.cache_storage = cache_states(
-                acc.unwrap_model(model), [self.train_data, self.val_data], self.prefix,
-                setting=cfg.speed.prefix_cache_storage, pad_id=self.pad_id, device=self.device, dtype=self.dtype,
-                progress=self.progress, say=self.say)
+            cache_prefix(self)
         batches = self._epoch_batches(st.epoch)
         while st.step < self.total_steps and not st.stopped_early:
             if st.step_in_epoch >= self.steps_per_epoch:  # epoch boundary
@@ -149,9 +146,7 @@ class TrainingRecipe:
         return self._finish()
 
     def validate(self) -> dict:
-        return validation_scores(self.accelerator, self.accelerator.unwrap_model(self.model), self.val_source,
-                                 self.val_data.labels, self.labels.names, batch_size=self.cfg.eval.batch_size,
-                                 dtype=self.dtype, forward=self.forward)
+        return scores_of_every_set(self)
 
     def _evaluate_and_checkpoint(self, bar) -> None:
         st = self.state
@@ -161,8 +156,7 @@ class TrainingRecipe:
             st.stopped_early, st.stopped_by = True, "callback"
         # train_seconds: the training time so far, for time-to-accuracy
         log_metrics(self, {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
-                           "val_loss": scores["loss"], "val_accuracy": scores["accuracy"],
-                           "val_macro_f1": scores["macro_f1"], "train_seconds": round(st.train_seconds, 2)})
+                           **evaluation_record(scores), "train_seconds": round(st.train_seconds, 2)})
         bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
         if self.main and improved:
             save_weights(self.accelerator.unwrap_model(self.model), self.run.best,

@@ -27,10 +27,14 @@ def library_versions() -> dict:
 
 def data_facts(recipe) -> dict:
     """Which rows a run trained and was scored on (split.json, and the summary's `data`)."""
-    split = recipe.data.split
-    return {"source": recipe.data.dataset.source, "train_rows": len(split.train),
-            "validation_rows": len(split.validation), "validation_hash": split.validation_hash,
-            "split_seed": recipe.cfg.data.split_seed}
+    split, sources = recipe.data.split, recipe.cfg.data.validation_source
+    facts = {"source": recipe.data.dataset.source, "train_rows": len(split.train),
+             "validation_rows": len(split.validation), "validation_hash": split.validation_hash,
+             "split_seed": recipe.cfg.data.split_seed}
+    if sources:  # the user's own evaluation sets: the first decides, the others by name
+        facts.update(validation_source=sources[0],
+                     evaluation_sets={name: len(rows) for name, rows in split.extra.items()})
+    return facts
 
 
 def write_run_header(recipe) -> None:
@@ -108,7 +112,8 @@ def run_summary(recipe, model, final_scores: dict) -> dict:
     return {
         "finished": True,
         "best": {"step": st.best_step, "metric": cfg.eval.metric, **(st.best_scores or {})},
-        "final": {"step": st.step, **{k: final_scores[k] for k in ("accuracy", "macro_f1", "loss")}},
+        "final": {"step": st.step, **{k: final_scores[k] for k in ("accuracy", "macro_f1", "loss", "sets")
+                                      if k in final_scores}},
         "steps": st.step, "total_steps": sched.total_steps, "epochs": round(st.step / sched.steps_per_epoch, 4),
         "stopped_early": st.stopped_early,
         "stopped_by": st.stopped_by or ("early_stopping" if st.stopped_early else None),

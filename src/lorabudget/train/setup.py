@@ -15,7 +15,7 @@ from ..model.build import AdaptedModel, build_adapted_model
 from ..runtime.batching import train_batches
 from ..runtime.fastdropout import use_fast_dropout
 from ..runtime.precision import hold_frozen_in
-from ..runtime.prefix import encoder_model, frozen_prefix_length
+from ..runtime.prefix import cache_states, encoder_model, frozen_prefix_length
 from ..runtime.tokens import Tokenized, tokenize
 
 
@@ -26,6 +26,7 @@ class PreparedData:
     pad_id: int
     train: Tokenized
     validation: Tokenized
+    extra: dict[str, Tokenized]  # further evaluation sets (data.validation_source), by name
 
 
 def prepare_data(cfg: Config, progress: bool) -> PreparedData:
@@ -33,10 +34,11 @@ def prepare_data(cfg: Config, progress: bool) -> PreparedData:
     data = load_training_data(cfg)
     tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train, validation = (tokenize(part.texts, part.labels, tokenizer, cfg.model.max_length, progress=progress,
-                                  desc=f"tokenize {name}")
-                         for name, part in (("train", data.split.train), ("validation", data.split.validation)))
-    return PreparedData(data, tokenizer, pad_id, train, validation)
+    parts = {"train": data.split.train, "validation": data.split.validation, **data.split.extra}
+    tokens = {name: tokenize(part.texts, part.labels, tokenizer, cfg.model.max_length, progress=progress,
+                             desc=f"tokenize {name}") for name, part in parts.items()}
+    train, validation = tokens.pop("train"), tokens.pop("validation")
+    return PreparedData(data, tokenizer, pad_id, train, validation, tokens)
 
 
 @dataclass
@@ -74,3 +76,15 @@ def epoch_batches(cfg: Config, lengths: np.ndarray, epoch: int, rank: int, world
                             window_batches=s.bucket_size_batches)
     per_rank = len(batches) // world
     return batches[rank::world][:per_rank]
+
+
+def cache_prefix(recipe) -> None:
+    """Compute the frozen prefix's states of every text once (train, validation, further evaluation sets) and
+    serve the batches from them from now on."""
+    sources, recipe.cache_storage = cache_states(
+        recipe.accelerator.unwrap_model(recipe.model), [recipe.train_data, recipe.val_data,
+                                                        *recipe.extra_data.values()],
+        recipe.prefix, setting=recipe.cfg.speed.prefix_cache_storage, pad_id=recipe.pad_id, device=recipe.device,
+        dtype=recipe.dtype, progress=recipe.progress, say=recipe.say)
+    recipe.train_source, recipe.val_source, *extra = sources
+    recipe.extra_sources = dict(zip(recipe.extra_data, extra))
