@@ -200,3 +200,32 @@ def test_enqueued_config_reads_layers_as_the_config_does(tmp_path):
         assert study.enqueued == [{"adapter.layers": None}, {"adapter.layers": "top-half"}]
     with pytest.raises(ConfigError, match="choices repeat"):
         Space.parse({"params": {"adapter.layers": {"choices": [None, "all"]}}})
+
+
+def test_trials_share_the_frozen_layers_states_and_score_as_alone(tiny_roberta, easy_csv, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Two trials that cache the same frozen layer over the same texts compute the states once; the second trial
+    scores exactly what the same config scores when trained alone."""
+    import lorabudget.runtime.prefix as prefix
+    from lorabudget.cli import main
+
+    calls = []
+    compute = prefix.compute_states
+    monkeypatch.setattr(prefix, "compute_states", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    cfg = tiny_config(tiny_roberta, easy_csv, tmp_path / "unused", budget=BUDGET, eval={"every_steps": 10},
+                      optim={"max_steps": 20, "epochs": 1}, adapter={"layers": [1]})
+    base = write_config(tmp_path / "base.yaml", cfg)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"params": {"optim.lr": {"type": "categorical", "choices": [3e-3, 2e-2]}}}))
+    out = tmp_path / "sweep"
+    assert main(["sweep", "-c", str(base), "--space", str(space), "--trials", "2", "--out", str(out),
+                 "--sampler", "grid", "--pruner", "none"]) == 0
+    printed = capsys.readouterr()
+    assert len(calls) == 2  # train and validation, once, for both trials
+    assert "reused the states of frozen layers 0-0" in printed.out + printed.err
+    second = out / "trials" / "trial-0001"
+    alone = tmp_path / "alone"
+    assert main(["train", "-c", str(second / "config.yaml"), "--output-dir", str(alone)]) == 0
+    assert len(calls) == 4  # outside a sweep nothing is shared
+    a, b = (json.loads((run / "summary.json").read_text()) for run in (second, alone))
+    assert a["best"] == b["best"] and a["final"] == b["final"]

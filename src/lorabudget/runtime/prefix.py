@@ -12,8 +12,10 @@ for the duration of one forward. Parameter names never change, so checkpoints an
 
 from __future__ import annotations
 
+import hashlib
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -142,20 +144,62 @@ def compute_states(model: nn.Module, data: Tokenized, stop: int, *, pad_id: int,
     return CachedStates(flat, offsets, data, stop)
 
 
+# While a sweep runs its trials in one process, trials that cache the same frozen layers of the same model over
+# the same texts share one computation: the last such states are kept here for the next trial (one entry, so the
+# memory held is what one trial needs anyway). None outside `shared_between_runs`.
+_shared: dict[str, tuple[list[CachedStates], str]] | None = None
+
+
+@contextmanager
+def shared_between_runs():
+    """Runs inside this block (a sweep's trials) reuse each other's cached states when everything that defines
+    them is equal: model, layers, texts (token ids, so max_length too), precision, storage."""
+    global _shared
+    previous, _shared = _shared, {}
+    try:
+        yield
+    finally:
+        _shared = previous
+
+
+def _fingerprint(inner: nn.Module, datasets: list[Tokenized], stop: int, pad_id: int, dtype, setting: str) -> str:
+    h = hashlib.sha256()
+    h.update(f"{inner.config._name_or_path}|{inner.config.to_json_string()}|{stop}|{pad_id}|{dtype}|{setting}"
+             .encode())
+    for data in datasets:
+        h.update(data.lengths.tobytes())
+        for ids in data.ids:
+            h.update(ids.tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
 def cache_states(model: nn.Module, datasets: list[Tokenized], stop: int, *, setting: str, pad_id: int,
                  device: torch.device, dtype: torch.dtype | None, progress: bool,
                  say=tqdm.write) -> tuple[list[CachedStates], str]:
     """The states after layer stop-1 for each dataset, in RAM or in a memory-mapped file as `setting`
-    (speed.prefix_cache_storage) decides; returns them and where they went ('memory' or 'disk')."""
-    storage, need, available = decide_storage(setting, datasets, encoder_model(model).config.hidden_size)
+    (speed.prefix_cache_storage) decides; returns them and where they went ('memory' or 'disk'). Says what it
+    cached and how long it took, or that it reused an earlier trial's."""
+    inner = encoder_model(model)
+    key = None if _shared is None else _fingerprint(inner, datasets, stop, pad_id, dtype, setting)
+    if key is not None and key in _shared:
+        states, storage = _shared[key]
+        say(f"cache     reused the states of frozen layers 0-{stop - 1} computed by an earlier trial")
+        return [replace(s, data=d) for s, d in zip(states, datasets)], storage
+    storage, need, available = decide_storage(setting, datasets, inner.config.hidden_size)
     if setting == "auto" and storage == "disk":
         say(f"the cached states take {need / 2**30:,.1f} GiB, more than half of the {available / 2**30:,.1f} GiB of "
             f"RAM available: they go to a memory-mapped file under {cache_dir()} "
             "(speed.prefix_cache_storage=memory keeps them in RAM)")
     on_disk = cache_dir() / "prefix" if storage == "disk" else None
+    started = time.perf_counter()
     states = [compute_states(model, data, stop, pad_id=pad_id, device=device, dtype=dtype, progress=progress,
                              on_disk=on_disk) for data in datasets]
-    if progress:
-        mb = sum(s.nbytes() for s in states) / 2**20
-        say(f"cached the frozen layers 0-{stop - 1}: {mb:,.0f} MiB of hidden states")
+    mb = sum(s.nbytes() for s in states) / 2**20
+    say(f"cache     frozen layers 0-{stop - 1} run once over {sum(len(d) for d in datasets):,} texts: {mb:,.0f} MiB "
+        f"of states in {storage}, {time.perf_counter() - started:.1f} s"
+        + ("; kept for the next trials" if key is not None else ""))
+    if key is not None:
+        _shared.clear()
+        _shared[key] = (states, storage)
     return states, storage

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 class Tokenized:
     ids: list[np.ndarray]  # one int32 array per text, truncated to max_length, special tokens included
     labels: np.ndarray | None
+    from_cache: bool = False  # read from LORABUDGET_CACHE rather than tokenized now
 
     @property
     def lengths(self) -> np.ndarray:
@@ -67,7 +68,7 @@ def tokenize(texts: Sequence[str], labels: Sequence[int] | None, tokenizer, max_
             with np.load(path, allow_pickle=False) as z:
                 flat, offsets = z["flat"], z["offsets"]
             if len(offsets) == len(texts) + 1:
-                return Tokenized([flat[offsets[i]:offsets[i + 1]] for i in range(len(texts))], label_arr)
+                return Tokenized([flat[offsets[i]:offsets[i + 1]] for i in range(len(texts))], label_arr, True)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
             pass  # a damaged cache entry (cut short, garbled) is recomputed and overwritten below
     ids: list[np.ndarray] = []

@@ -55,7 +55,7 @@ class TrainingRecipe:
         self.progress = cfg.logging.progress and self.main
         self.say = tqdm.write if self.main else lambda text: None  # a line for the user, from one process
 
-        d = prepare_data(cfg, self.progress)
+        d = prepare_data(cfg, self.progress, self.say)
         self.data, self.labels, self.tokenizer, self.pad_id = d.data, d.data.labels, d.tokenizer, d.pad_id
         self.train_data, self.val_data, self.extra_data = d.train, d.validation, d.extra
 

@@ -3,6 +3,7 @@ epoch's batches."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,7 @@ from ..runtime.batching import train_batches
 from ..runtime.fastdropout import use_fast_dropout
 from ..runtime.precision import hold_frozen_in
 from ..runtime.prefix import cache_states, encoder_model, frozen_prefix_length
-from ..runtime.tokens import Tokenized, tokenize
+from ..runtime.tokens import Tokenized, cache_dir, tokenize
 
 
 @dataclass
@@ -29,14 +30,19 @@ class PreparedData:
     extra: dict[str, Tokenized]  # further evaluation sets (data.validation_source), by name
 
 
-def prepare_data(cfg: Config, progress: bool) -> PreparedData:
+def prepare_data(cfg: Config, progress: bool, say=print) -> PreparedData:
     """The run's training data, split, and both splits tokenized (once: the token ids are cached on disk)."""
     data = load_training_data(cfg)
     tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parts = {"train": data.split.train, "validation": data.split.validation, **data.split.extra}
+    started = time.perf_counter()
     tokens = {name: tokenize(part.texts, part.labels, tokenizer, cfg.model.max_length, progress=progress,
                              desc=f"tokenize {name}") for name, part in parts.items()}
+    texts, seconds = sum(len(t) for t in tokens.values()), time.perf_counter() - started
+    say(f"tokens    {texts:,} texts: " + ("token ids read from the cache" if all(t.from_cache for t in tokens.values())
+                                          else f"tokenized and cached under {cache_dir() / 'tokens'}")
+        + f" ({seconds:.1f} s)")
     train, validation = tokens.pop("train"), tokens.pop("validation")
     return PreparedData(data, tokenizer, pad_id, train, validation, tokens)
 

@@ -247,6 +247,8 @@ def run_sweep(base: Config, space: Space, out: str | Path, trials: int, *, stora
     if sampler not in SAMPLERS or (isinstance(pruner, str) and pruner not in PRUNERS):
         raise ConfigError(f"--sampler is one of {SAMPLERS}, --pruner one of {PRUNERS}")
     quiet_optuna()
+    from ...runtime.prefix import shared_between_runs
+
     num_labels = _num_labels(base)  # reads the data: a missing file fails here, before a study is created
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,28 +285,30 @@ def run_sweep(base: Config, space: Space, out: str | Path, trials: int, *, stora
         return objective(ctx, trial)
 
     skipped_in_a_row, waiting = 0, False
-    try:
-        while (step := _next_step(study, trials, space if sampler == "grid" else None)) != "done":
-            if step == "wait":
-                if not waiting:
-                    say("waiting   for the last running trial(s): other workers', or a killed one's (found "
-                        f"stale after {2 * heartbeat} s, then retried)")
-                waiting = True
-                time.sleep(min(2.0, heartbeat / 2))
-                continue
-            waiting, current["number"] = False, None
-            before = _counts(study).get("FAIL", 0)
-            study.optimize(tracked, n_trials=1, catch=(Skipped, Surplus, TrainingError), callbacks=[announce],
-                           gc_after_trial=True)
-            skipped_in_a_row = skipped_in_a_row + 1 if _counts(study).get("FAIL", 0) > before else 0
-            if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
-                raise ConfigError(f"the last {MAX_SKIPPED_IN_A_ROW} candidates were all skipped or failed "
-                                  "(see above): most of the space is over the budget or invalid; narrow it")
-    except KeyboardInterrupt:
-        _retry_interrupted(study, current["number"])
-        raise
-    finally:
-        bar.close()
+    # Trials share the frozen layers' states when they cache the same ones (token ids are cached on disk).
+    with shared_between_runs():
+        try:
+            while (step := _next_step(study, trials, space if sampler == "grid" else None)) != "done":
+                if step == "wait":
+                    if not waiting:
+                        say("waiting   for the last running trial(s): other workers', or a killed one's (found "
+                            f"stale after {2 * heartbeat} s, then retried)")
+                    waiting = True
+                    time.sleep(min(2.0, heartbeat / 2))
+                    continue
+                waiting, current["number"] = False, None
+                before = _counts(study).get("FAIL", 0)
+                study.optimize(tracked, n_trials=1, catch=(Skipped, Surplus, TrainingError), callbacks=[announce],
+                               gc_after_trial=True)
+                skipped_in_a_row = skipped_in_a_row + 1 if _counts(study).get("FAIL", 0) > before else 0
+                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                    raise ConfigError(f"the last {MAX_SKIPPED_IN_A_ROW} candidates were all skipped or failed "
+                                      "(see above): most of the space is over the budget or invalid; narrow it")
+        except KeyboardInterrupt:
+            _retry_interrupted(study, current["number"])
+            raise
+        finally:
+            bar.close()
     if sampler == "grid" and _done(_counts(study)) < trials:
         log(f"grid      exhausted: all {_grid_size(space)} points were tried")
     return _result(study, storage, out)
