@@ -215,7 +215,7 @@ def test_a_damaged_token_cache_is_rebuilt(tiny_roberta, tmp_path):
 # ---- a full disk -----------------------------------------------------------------------------------------------
 def _mount_small_disk(folder: Path) -> bool:
     """A 24 MiB tmpfs at `folder` (root only); False when this machine does not allow it."""
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     if os.geteuid() != 0:
         return False
     return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "lorabudget-test", str(folder)],
@@ -234,10 +234,15 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def test_a_full_disk_fails_the_run_clearly_and_resume_continues_once_space_is_freed(tiny_roberta, easy_csv, tmp_path,
-                                                                                    straight):
+@pytest.mark.parametrize("fault", ["disk-full", "file-size-limit"])
+def test_a_refused_write_fails_the_run_clearly_and_resume_continues_once_it_is_fixed(fault, tiny_roberta, easy_csv,
+                                                                                   tmp_path, straight):
+    """disk-full: a 24 MiB tmpfs that fills mid-run (ENOSPC; root only, as in CI: without root the row checks the
+    size limit instead). file-size-limit: RLIMIT_FSIZE below the checkpoint's optimizer state (EFBIG), so the very
+    first checkpoint is refused and the run has none to keep."""
     disk = tmp_path / "disk"
-    mounted = _mount_small_disk(disk)
+    mounted = fault == "disk-full" and _mount_small_disk(disk)
+    disk.mkdir(exist_ok=True)
     run = disk / "run"
     cfg = write_config(tmp_path / "c.yaml", _cfg(tiny_roberta, easy_csv, run))
     try:
@@ -246,7 +251,7 @@ def test_a_full_disk_fails_the_run_clearly_and_resume_continues_once_space_is_fr
             _wait_for_step(proc, run, 15)
             filler = _fill(disk)
             reason = "No space left on device"
-        else:  # no tmpfs without root: a file size limit refuses the checkpoint's optimizer state (EFBIG)
+        else:
             limit = (straight / "checkpoints" / "last" / "optimizer.pt").stat().st_size - 1
             proc = _start(cfg, before_main=f"import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                                            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))")
@@ -264,6 +269,8 @@ def test_a_full_disk_fails_the_run_clearly_and_resume_continues_once_space_is_fr
             verify(run / "checkpoints" / "last", "")
             assert json.loads((run / "checkpoints" / "last" / "state.json").read_text())["step"] >= 15
             filler.unlink()
+        else:
+            assert "it has no checkpoint yet" in err and not (run / "checkpoints" / "last").exists()
         assert main(["train", "--resume", str(run)]) == 0
         assert_same_as_straight(run, straight)
     finally:
