@@ -89,6 +89,13 @@ class DataConfig(_Section):
         False,
         description="Allow reading pickled datasets. Unpickling runs code from the file: only for files you trust.",
     )
+    normalize: Literal["none", "news"] = Field(
+        "none",
+        description="Clean texts the same way in training, evaluation, prediction and lorabudget.load: 'news' undoes "
+        "AG News' scrape artefacts (HTML entities, also broken ones such as #39; and quot;, \\$, backslash line "
+        "breaks, tags, URLs, agency datelines such as 'WASHINGTON (Reuters) - ', curly quotes, repeated spaces), "
+        "so that a target without them does not look foreign; 'none' leaves texts as read.",
+    )
 
     @field_validator("validation_source", mode="before")
     @classmethod

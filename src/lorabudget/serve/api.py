@@ -16,6 +16,7 @@ import torch
 
 from ..config import Config, load_config
 from ..data import LabelSpace
+from ..data.normalize import normalize_texts
 from ..errors import DamagedFileError, RunDirError
 from ..model.adapters import quiet_peft_deprecations
 from ..model.backbone import load_pretrained, load_tokenizer
@@ -91,7 +92,9 @@ class Classifier:
 
     def tokenize(self, texts: Sequence[str], labels: Sequence[int] | None = None, *,
                  progress: bool = False) -> Tokenized:
-        return tokenize(list(texts), labels, self.tokenizer, self.config.model.max_length, progress=progress)
+        # the run's own normalisation (data.normalize), as in training
+        return tokenize(normalize_texts(texts, self.config.data.normalize), labels, self.tokenizer,
+                        self.config.model.max_length, progress=progress)
 
     def logits(self, data: Tokenized, *, batch_size: int = 128, progress: bool = False,
                desc: str = "predict") -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 
 from ..config import Config
 from ..data import LabelSpace, TrainingData, load_training_data
+from ..data.normalize import normalize_texts
 from ..model.backbone import load_tokenizer
 from ..model.build import AdaptedModel, build_adapted_model
 from ..runtime.batching import train_batches
@@ -37,8 +38,9 @@ def prepare_data(cfg: Config, progress: bool, say=print) -> PreparedData:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parts = {"train": data.split.train, "validation": data.split.validation, **data.split.extra}
     started = time.perf_counter()
-    tokens = {name: tokenize(part.texts, part.labels, tokenizer, cfg.model.max_length, progress=progress,
-                             desc=f"tokenize {name}") for name, part in parts.items()}
+    tokens = {name: tokenize(normalize_texts(part.texts, cfg.data.normalize), part.labels, tokenizer,
+                             cfg.model.max_length, progress=progress, desc=f"tokenize {name}")
+              for name, part in parts.items()}
     texts, seconds = sum(len(t) for t in tokens.values()), time.perf_counter() - started
     say(f"tokens    {texts:,} texts: " + ("token ids read from the cache" if all(t.from_cache for t in tokens.values())
                                           else f"tokenized and cached under {cache_dir() / 'tokens'}")
