@@ -167,6 +167,10 @@ def test_own_validation_sets_train_on_all_of_train_and_are_each_scored(tiny_robe
     assert main(["evaluate", str(run), "--out", str(tmp_path / "eval")]) == 0
     scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert scores["data"] == "validation" and sum(sum(row) for row in scores["confusion_matrix"]) == 40
+    # the report puts the sets side by side
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "## Accuracy on each evaluation set" in page and "| run | validation | shifted_dev |" in page
 
 
 def test_train_predicts_a_file_with_the_best_checkpoint(tiny_roberta, easy_csv, easy_jsonl, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def _config_args(p: argparse.ArgumentParser, *, model_help: str | None = None) -
         p.add_argument(flag, type=kind, dest=key.replace(".", "__"), metavar=metavar, help=f"{text} (--set {key}=...)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow a pickled data file (unpickling runs code from the file: only files you trust)")
+
+
+def _read_args(p: argparse.ArgumentParser) -> None:
+    """How verbs that read a new source with a finished run's config (evaluate, predict, shift) read it."""
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow a pickled dataset (unpickling runs code from the file: only files you trust)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="how to read the source, e.g. --set data.text_column=sentence")
 
 
 def _collect_overrides(args) -> list[str]:
@@ -112,65 +121,6 @@ def cmd_train(args) -> int:
         from .cli_train import run_training
 
         return run_training(args, cfg, run, resume)
-
-
-def _data_overrides(args) -> dict:
-    """`--set data.key=value` for verbs that read a new source with a finished run's config."""
-    from .config import parse_override
-
-    overrides = {}
-    for item in args.overrides:
-        path, value = parse_override(item)
-        if len(path) != 2 or path[0] != "data":
-            raise LorabudgetError(f"{args.command} takes only data.* overrides (how to read --data), not {item!r}")
-        overrides[path[1]] = value
-    if getattr(args, "allow_pickle", False):
-        overrides["allow_pickle"] = True
-    return overrides
-
-
-def cmd_evaluate(args) -> int:
-    from .metrics import format_report
-    from .serve.evaluate import evaluate
-
-    scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args))
-    if "checkpoint_step" in scores:
-        print(f"note      {args.run} is still being written: scored its best checkpoint so far, step "
-              f"{scores['checkpoint_step']}")
-    print(f"evaluated {args.run} on {scores['data']}")
-    print(format_report(scores))
-    print(f"wrote     {out}/metrics.json and confusion_matrix.png")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .serve.predict import predict_file
-
-    result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
-                          data_overrides=_data_overrides(args))
-    if result["note"]:
-        print(result["note"])
-    counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
-    print(f"predicted {result['rows']:,} rows ({result['split']} split of {args.data}): {counts}")
-    if "accuracy" in result:
-        print(f"accuracy  {result['accuracy']:.4f} (the source has labels)")
-    print(f"wrote     {result['out']}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .serve.export import export_adapter, export_merged
-
-    if not (args.merged or args.adapter):
-        raise LorabudgetError("say what to export: --merged DIR (a plain transformers model) or --adapter DIR")
-    if args.adapter:
-        print(f"wrote adapter       {export_adapter(args.run, args.adapter)}  (PeftModel.from_pretrained)")
-    if args.merged:
-        where = export_merged(args.run, args.merged, custom_code=args.custom_code)
-        remote = (where / "modeling_lorabudget.py").exists()
-        print(f"wrote merged model  {where}  (AutoModelForSequenceClassification.from_pretrained"
-              + (", trust_remote_code=True: loading runs its modeling file)" if remote else ")"))
-    return 0
 
 
 def cmd_config(args) -> int:
@@ -242,6 +192,7 @@ def cmd_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cli_read import cmd_evaluate, cmd_export, cmd_predict, cmd_shift
     from .version import __version__
 
     parser = argparse.ArgumentParser(prog="lorabudget", description="Fine-tune a frozen encoder with LoRA-family "
@@ -263,10 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="data source to score (default: the run's own validation split)")
     p.add_argument("--out", help="output folder (default RUN/eval/<data>)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow a pickled dataset (unpickling runs code from the file: only files you trust)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="how to read --data, e.g. --set data.text_column=sentence")
+    _read_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="write a Kaggle-style ID,Label submission for any data source")
@@ -276,11 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-format", choices=["id", "name", "source"], default="id",
                    help="Label column: 0-based class id (default), class name, or the source's own coding")
     p.add_argument("--proba", action="store_true", help="add one probability column per class")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="allow a pickled dataset (unpickling runs code from the file: only files you trust)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
-                   help="how to read --data, e.g. --set data.text_column=sentence")
+    _read_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("shift", help="how a target differs from what a run trained on: lengths, words, artefacts, "
+                       "a domain classifier, the model's confidence (a picture and shift.json)")
+    p.add_argument("run", help="finished run directory")
+    p.add_argument("--target", required=True, help="the texts you will be graded on (any supported source; labels "
+                   "not needed)")
+    p.add_argument("--out", help="output folder (default RUN/shift/<target>)")
+    p.add_argument("--sample", type=int, default=2000, help="rows sampled from each side (default 2000)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the samples and the classifier's folds")
+    _read_args(p)
+    p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("export", help="export a run: the PEFT adapter, or a merged plain transformers model")
     p.add_argument("run", help="finished run directory")
@@ -363,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # a warning is a line for the user ("warning: ..."), not a source location with the line that raised it
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         return args.func(args)
     except LorabudgetError as exc:

@@ -12,6 +12,7 @@
     adapter/             the adapter in peft's format, head included (+ lorabudget_head.json)
     plots/               loss and accuracy curves
     tensorboard/, mlflow/, wandb/   the experiment trackers' own files, when logging.trackers names them
+    shift/<target>/      `lorabudget shift`: shift.json, shift.png, target_scores.csv
     .lock                held (flock) by the one process writing the run; see runlock.py
 
 Every file is written to a temporary name and renamed into place, so a killed process leaves either the old or
@@ -37,7 +38,7 @@ from .runlock import LOCK_NAME, RunLock, describe_holder, writer_of
 # What a run directory may hold (see above), partial runs included: --overwrite deletes only folders made of these.
 RUN_ENTRIES = frozenset({"config.yaml", "labels.json", "status.json", "metrics.jsonl", "summary.json", "split.json",
                          "checkpoints", "adapter", "adapter.tmp", "adapter.old", "plots", "eval", "tensorboard",
-                         "mlflow", "wandb", "predictions.csv"})
+                         "mlflow", "wandb", "predictions.csv", "shift"})
 
 
 def _current_umask() -> int:

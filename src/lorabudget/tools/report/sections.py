@@ -27,6 +27,7 @@ from .document import Figure, Heading, Table, Text, render_html, render_markdown
 from .figures import plot_accuracy_vs_params, plot_curves_by, plot_importances, plot_parallel, slug
 from .groups import Group, colourings, describe, fmt_seconds, group_by_seed, varied_keys
 from .parallel import parallel_data
+from .shift_section import evaluation_sets_section, shift_section
 
 
 def group_label(names: list[str]) -> str:
@@ -156,6 +157,7 @@ def build(col: Collection, out: Path, progress: bool = True) -> list:
                Figure(plot_accuracy_vs_params(groups, names, figures / "accuracy-vs-params.png"),
                       "Validation accuracy against trainable parameters")]
     bar.update()
+    blocks += evaluation_sets_section(runs) + shift_section(runs, figures)
     best = max(runs, key=lambda r: r.accuracy)
     blocks += best_run_section(best, out)
     bar.update()

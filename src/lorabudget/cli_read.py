@@ -1,0 +1,76 @@
+"""The verbs that read a finished run (evaluate, predict, shift, export): each calls one function and prints what
+it found. Errors the user can fix raise LorabudgetError, which `cli.main` turns into a message and exit 2."""
+
+from __future__ import annotations
+
+from .errors import LorabudgetError
+
+
+def _data_overrides(args) -> dict:
+    """`--set data.key=value` for verbs that read a new source with a finished run's config."""
+    from .config import parse_override
+
+    overrides = {}
+    for item in args.overrides:
+        path, value = parse_override(item)
+        if len(path) != 2 or path[0] != "data":
+            raise LorabudgetError(f"{args.command} takes only data.* overrides (how to read --data), not {item!r}")
+        overrides[path[1]] = value
+    if getattr(args, "allow_pickle", False):
+        overrides["allow_pickle"] = True
+    return overrides
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import format_report
+    from .serve.evaluate import evaluate
+
+    scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args))
+    if "checkpoint_step" in scores:
+        print(f"note      {args.run} is still being written: scored its best checkpoint so far, step "
+              f"{scores['checkpoint_step']}")
+    print(f"evaluated {args.run} on {scores['data']}")
+    print(format_report(scores))
+    print(f"wrote     {out}/metrics.json and confusion_matrix.png")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .serve.predict import predict_file
+
+    result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
+                          data_overrides=_data_overrides(args))
+    if result["note"]:
+        print(result["note"])
+    counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
+    where = f"the test split of {args.data}" if result["split"] == "test" else args.data
+    print(f"predicted {result['rows']:,} rows of {where}: {counts}")
+    if "accuracy" in result:
+        print(f"accuracy  {result['accuracy']:.4f} (the source has labels)")
+    print(f"wrote     {result['out']}")
+    return 0
+
+
+def cmd_shift(args) -> int:
+    from .tools.shift import diagnose_shift
+
+    result = diagnose_shift(args.run, args.target, out_dir=args.out, data_overrides=_data_overrides(args),
+                            sample=args.sample, seed=args.sample_seed)
+    print("\n".join(result.lines))
+    print(f"wrote     {result.out}/ (shift.json, shift.png, target_scores.csv: most foreign rows first)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .serve.export import export_adapter, export_merged
+
+    if not (args.merged or args.adapter):
+        raise LorabudgetError("say what to export: --merged DIR (a plain transformers model) or --adapter DIR")
+    if args.adapter:
+        print(f"wrote adapter       {export_adapter(args.run, args.adapter)}  (PeftModel.from_pretrained)")
+    if args.merged:
+        where = export_merged(args.run, args.merged, custom_code=args.custom_code)
+        remote = (where / "modeling_lorabudget.py").exists()
+        print(f"wrote merged model  {where}  (AutoModelForSequenceClassification.from_pretrained"
+              + (", trust_remote_code=True: loading runs its modeling file)" if remote else ")"))
+    return 0
