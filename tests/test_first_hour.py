@@ -183,3 +183,16 @@ def test_train_predicts_a_file_with_the_best_checkpoint(tiny_roberta, easy_csv, 
     assert main(["predict", str(run), "--data", str(easy_jsonl), "--out", str(tmp_path / "again.csv")]) == 0
     assert out.read_text() == (tmp_path / "again.csv").read_text()
     assert out.read_text().splitlines()[0] == "ID,Label" and len(out.read_text().splitlines()) == 201
+
+
+def test_a_run_records_local_paths_absolute_so_readers_work_from_any_directory(tiny_roberta, easy_csv, tmp_path,
+                                                                              monkeypatch):
+    import yaml
+
+    monkeypatch.chdir(easy_csv.parent)
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_roberta, Path(easy_csv.name), run, optim={"max_steps": 2})  # data given relative
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["source"] == str(easy_csv)
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval")]) == 0  # re-reads its validation rows

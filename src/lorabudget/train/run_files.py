@@ -5,6 +5,7 @@ plots and the summary. Only the main process writes."""
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 import torch
 
@@ -28,18 +29,32 @@ def library_versions() -> dict:
 def data_facts(recipe) -> dict:
     """Which rows a run trained and was scored on (split.json, and the summary's `data`)."""
     split, sources = recipe.data.split, recipe.cfg.data.validation_source
-    facts = {"source": recipe.data.dataset.source, "train_rows": len(split.train),
+    facts = {"source": absolute(recipe.data.dataset.source), "train_rows": len(split.train),
              "validation_rows": len(split.validation), "validation_hash": split.validation_hash,
              "split_seed": recipe.cfg.data.split_seed}
     if sources:  # the user's own evaluation sets: the first decides, the others by name
-        facts.update(validation_source=sources[0],
+        facts.update(validation_source=absolute(sources[0]),
                      evaluation_sets={name: len(rows) for name, rows in split.extra.items()})
     return facts
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (a Hub id, or a path that does not exist here, as given)."""
+    return str(Path(path).resolve()) if not Path(path).is_absolute() and Path(path).exists() else path
+
+
+def recorded_config(cfg):
+    """The config as config.yaml records it: local paths (data sources, a model folder) made absolute, so that
+    evaluate, predict, shift and --resume find them from any working directory."""
+    data = cfg.data.model_copy(update={"source": absolute(cfg.data.source),
+                                       "validation_source": [absolute(s) for s in cfg.data.validation_source]})
+    model = cfg.model.model_copy(update={"name": absolute(cfg.model.name)})
+    return cfg.model_copy(update={"data": data, "model": model})
+
+
 def write_run_header(recipe) -> None:
     run = recipe.run
-    atomic_write_text(run.config, dump_config(recipe.cfg))
+    atomic_write_text(run.config, dump_config(recorded_config(recipe.cfg)))
     atomic_write_json(run.labels, recipe.labels.to_json())
     atomic_write_json(run.path / "split.json", data_facts(recipe))
     run.set_status("running")

@@ -13,7 +13,7 @@ import numpy as np
 # its own (curly quotes), reads as another source to a model that learnt them.
 ARTEFACTS = {
     "HTML entity (#39; quot; &lt;)": re.compile(r"&?#\d{1,5};|\b(?:quot|amp|lt|gt);"),
-    "escaped dollar (\\$)": re.compile(r"\\\$"),
+    "escaped dollar sign": re.compile(r"\\\$"),
     "backslash line break": re.compile(r"\\[A-Za-z]"),
     "agency credit ((Reuters), AP -)": re.compile(r"\((?:Reuters|AP|AFP|CP|CNN[^)]{0,10}|[A-Za-z]+\.com)\)|"
                                                  r"(?:^|\s)(?:Reuters|AP|AFP) -{1,2} "),
