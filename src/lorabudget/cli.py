@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-format", choices=["id", "name", "source"], default="id",
                    help="Label column: 0-based class id (default), class name, or the source's own coding")
     p.add_argument("--proba", action="store_true", help="add one probability column per class")
+    p.add_argument("--adapt-priors", action="store_true", help="re-weight the probabilities by the target's class "
+                   "shares, estimated from its texts by EM (Saerens et al. 2002): for a target whose classes are not "
+                   "balanced as in training")
     _read_args(p)
     p.set_defaults(func=cmd_predict)
 

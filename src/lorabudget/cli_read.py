@@ -39,12 +39,16 @@ def cmd_predict(args) -> int:
     from .serve.predict import predict_file
 
     result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
-                          data_overrides=_data_overrides(args))
+                          data_overrides=_data_overrides(args), adapt=args.adapt_priors)
     if result["note"]:
         print(result["note"])
     counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
     where = f"the test split of {args.data}" if result["split"] == "test" else args.data
     print(f"predicted {result['rows']:,} rows of {where}: {counts}")
+    if "priors" in result:
+        p = result["priors"]
+        shares = ", ".join(f"{n} {e:.1%} (train {t:.1%})" for n, e, t in zip(p["classes"], p["estimated"], p["train"]))
+        print(f"priors    the target's class shares, estimated by EM and applied: {shares}")
     if "accuracy" in result:
         print(f"accuracy  {result['accuracy']:.4f} (the source has labels)")
     print(f"wrote     {result['out']}")

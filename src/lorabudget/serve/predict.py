@@ -12,15 +12,26 @@ import torch
 from ..config import load_config, override_section
 from ..data import load_source
 from ..errors import LorabudgetError
-from ..rundir import atomic_write_text, open_finished
+from ..rundir import atomic_write_text, open_finished, read_json
 from .api import Classifier, still_running_note
+from .priors import adapt_priors
 
 LABEL_FORMATS = ("id", "name", "source")
 
 
+def train_priors(run) -> np.ndarray:
+    """The class shares the run trained under (split.json), for prior adaptation."""
+    facts = read_json(run.path / "split.json", "the run's record of its data is lost")
+    if "train_class_counts" not in facts:
+        raise LorabudgetError(f"{run.path} was trained by an older lorabudget that did not record its class "
+                              "shares (split.json: train_class_counts); train it again to use --adapt-priors")
+    return np.asarray(facts["train_class_counts"], dtype=np.float64)
+
+
 def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id", proba: bool = False,
-                 data_overrides: dict | None = None, progress: bool = True) -> dict:
-    """Write `ID,Label` rows (and class probabilities with `proba`) for every row of `source`."""
+                 data_overrides: dict | None = None, progress: bool = True, adapt: bool = False) -> dict:
+    """Write `ID,Label` rows (and class probabilities with `proba`) for every row of `source`. With `adapt`, the
+    probabilities are re-weighted by the target's class shares, estimated by EM (serve.priors)."""
     if label_format not in LABEL_FORMATS:
         raise LorabudgetError(f"--label-format must be one of {', '.join(LABEL_FORMATS)}, not {label_format!r}")
     run = open_finished(run_dir, allow_running=True)
@@ -32,7 +43,14 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     examples = dataset.splits[split]
     logits = clf.logits(clf.tokenize(examples.texts, progress=progress), batch_size=clf.config.eval.batch_size,
                         progress=progress)
-    preds = logits.argmax(axis=1)
+    probs = torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
+    priors = None
+    if adapt:
+        trained_under = train_priors(run)
+        probs, estimate = adapt_priors(probs, trained_under)
+        priors = {"classes": clf.class_names, "estimated": estimate.tolist(),
+                  "train": (trained_under / trained_under.sum()).tolist()}
+    preds = probs.argmax(axis=1)
     names = clf.class_names
     codings = {"id": [str(i) for i in range(len(names))], "name": names, "source": clf.labels.source_values}
     coding = codings[label_format]
@@ -40,15 +58,16 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     w = csv.writer(buf, lineterminator="\n")
     header = ["ID", "Label"] + ([f"p_{n}" for n in names] if proba else [])
     w.writerow(header)
-    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy() if proba else None
     for i, (row_id, p) in enumerate(zip(examples.ids, preds)):
         row = [row_id, coding[p]]
-        if probs is not None:
+        if proba:
             row += [f"{x:.6f}" for x in probs[i]]
         w.writerow(row)
     atomic_write_text(Path(out), buf.getvalue())
     result = {"rows": len(examples), "split": split, "out": str(out), "note": still_running_note(clf),
               "counts": {names[k]: int(v) for k, v in zip(*np.unique(preds, return_counts=True))}}
+    if priors is not None:
+        result["priors"] = priors
     if examples.labels is not None:
         result["accuracy"] = float((preds == np.asarray(examples.labels)).mean())
     return result

@@ -7,6 +7,7 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import dump_config
@@ -29,7 +30,9 @@ def library_versions() -> dict:
 def data_facts(recipe) -> dict:
     """Which rows a run trained and was scored on (split.json, and the summary's `data`)."""
     split, sources = recipe.data.split, recipe.cfg.data.validation_source
+    counts = np.bincount(np.asarray(split.train.labels), minlength=len(recipe.labels.names)).tolist()
     facts = {"source": absolute(recipe.data.dataset.source), "train_rows": len(split.train),
+             "train_class_counts": counts,  # the priors the model learns under (predict --adapt-priors)
              "validation_rows": len(split.validation), "validation_hash": split.validation_hash,
              "split_seed": recipe.cfg.data.split_seed}
     if sources:  # the user's own evaluation sets: the first decides, the others by name
