@@ -9,7 +9,7 @@ import numpy as np
 from conftest import make_texts, write_csv
 
 from lorabudget.cli import main
-from lorabudget.serve.priors import adapt_priors
+from lorabudget.runtime.priors import adapt_priors
 
 
 def _posteriors(x: np.ndarray, means: np.ndarray, priors: np.ndarray) -> np.ndarray:

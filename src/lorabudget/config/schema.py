@@ -89,6 +89,9 @@ class DataConfig(_Section):
         False,
         description="Allow reading pickled datasets. Unpickling runs code from the file: only for files you trust.",
     )
+    target_source: str | None = Field(
+        None, description="The unlabelled texts the run will be graded on (any supported source; labels ignored), "
+        "for self-training (selftrain.*): used within the budget, never as labels of their own.")
     normalize: Literal["none", "news"] = Field(
         "none",
         description="Clean texts the same way in training, evaluation, prediction and lorabudget.load: 'news' undoes "
@@ -297,6 +300,24 @@ class SpeedConfig(_Section):
     )
 
 
+class SelfTrainConfig(_Section):
+    rounds: int = Field(
+        0, ge=0, description="Self-training on data.target_source: after the supervised phase, this many rounds of "
+        "pseudo-labelling the target with the best checkpoint so far and training on labelled + pseudo-labelled "
+        "rows. 0: off. Adds no trainable parameter.")
+    threshold: float = Field(0.9, ge=0, le=1, description="Keep a target row when the model's top probability "
+                             "is at least this.")
+    top_share: float | None = Field(
+        None, gt=0, le=1, description="Class-balanced selection: of the rows predicted as each class (and over the "
+        "threshold), keep only this most confident share. None: every row over the threshold.")
+    epochs: float = Field(1.0, gt=0, description="Passes over labelled + pseudo-labelled rows per round.")
+    lr: float | None = Field(None, gt=0, description="Peak learning rate of each round (warmup and schedule as "
+                             "optim's). None: optim.lr.")
+    adapt_priors: bool = Field(
+        False, description="Pseudo-label from probabilities re-weighted by the target's class shares, estimated by "
+        "EM (as predict --adapt-priors).")
+
+
 class Config(_Section):
     """A whole run: what to train, on what, how, and within which budget."""
 
@@ -309,6 +330,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     speed: SpeedConfig = Field(default_factory=SpeedConfig)
+    selftrain: SelfTrainConfig = Field(default_factory=SelfTrainConfig)
     seed: int = Field(42, description="Training seed: head init, adapter init, dropout and data order.")
     output_dir: str | None = Field(None, description="Run directory; default runs/<model>-<time>.")
 
@@ -316,4 +338,6 @@ class Config(_Section):
     def _combinations(self) -> Config:
         if self.eval.metric == "loss" and self.eval.min_delta >= 1:
             raise ValueError("eval.min_delta >= 1 can never be met for the loss")
+        if self.selftrain.rounds and not self.data.target_source:
+            raise ValueError("selftrain.rounds needs data.target_source: the unlabelled texts to pseudo-label")
         return self

@@ -13,8 +13,8 @@ from ..config import load_config, override_section
 from ..data import load_source
 from ..errors import LorabudgetError
 from ..rundir import atomic_write_text, open_finished, read_json
+from ..runtime.priors import adapt_priors
 from .api import Classifier, still_running_note
-from .priors import adapt_priors
 
 LABEL_FORMATS = ("id", "name", "source")
 

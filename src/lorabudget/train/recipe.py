@@ -25,10 +25,10 @@ from ..runtime.batching import TokenBatches
 from ..runtime.forward import forward_logits
 from ..runtime.precision import DTYPES, autocast
 from .accelerator import make_accelerator
-from .checkpoint import save_checkpoint, save_weights
-from .evaluation import evaluation_record, record, scores_of_every_set
+from .evaluation import scores_of_every_set
 from .optim import class_weight_tensor, make_optimizer, plan_schedule
-from .run_files import finish_run, log_metrics, log_train_loss, resume_run, start_run
+from .run_files import checkpoint, evaluate_and_checkpoint, finish_run, log_train_loss, resume_run, start_run
+from .selftrain import begin_next_round, prepare_target, rebuild_round
 from .setup import cache_prefix, epoch_batches, prepare_data, prepare_model
 from .stopping import StopSignals, check_finite, run_writer
 
@@ -58,6 +58,8 @@ class TrainingRecipe:
         d = prepare_data(cfg, self.progress, self.say)
         self.data, self.labels, self.tokenizer, self.pad_id = d.data, d.data.labels, d.tokenizer, d.pad_id
         self.train_data, self.val_data, self.extra_data = d.train, d.validation, d.extra
+        self.labelled_train, self.train_labels = d.train, np.asarray(d.train.labels)
+        self.target_data = prepare_target(self)  # self-training's unlabelled target, when on
 
         set_seed(cfg.seed)  # head init, adapter init and dropout all follow the training seed
         m = prepare_model(cfg, self.labels, self.precision, self.device, say=self.say)
@@ -77,6 +79,8 @@ class TrainingRecipe:
         self.train_forward = torch.compile(self.model, dynamic=True) if self.compiled else self.model
         self.forward = partial(forward_logits, inner=self.inner)
         self.eval_every = cfg.eval.every_steps or self.schedule.steps_per_epoch
+        if self.resume:
+            rebuild_round(self)  # a run killed in a self-training round: that round's data, schedule, optimizer
         self.state = resume_run(self) if self.resume else start_run(self)
         if cfg.logging.trackers:  # after start_run: a new run's folder is cleared first
             from .trackers import start_trackers
@@ -87,17 +91,28 @@ class TrainingRecipe:
     steps_per_epoch = property(lambda self: self.schedule.steps_per_epoch)
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        return epoch_batches(self.cfg, self.train_data.lengths, epoch, self.rank, self.world)
+        round_ = self.state.round if self.state is not None else 0  # each self-training round its own shuffles
+        return epoch_batches(self.cfg, self.train_data.lengths, epoch + 1000 * round_, self.rank, self.world)
 
     # ---- the loop ------------------------------------------------------------------------------------------
     def train(self) -> dict:
-        cfg, acc, st, o = self.cfg, self.accelerator, self.state, self.cfg.optim
-        model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
-        model.train()
-        bar = tqdm(total=self.total_steps, initial=st.step, desc="train", unit="step", disable=not self.progress)
-        started = time.perf_counter()
+        self.model.train()
+        self.started = time.perf_counter()
         if self.prefix:  # inside the timed span: the caching pass is part of training's cost
             cache_prefix(self)
+        self._phase()
+        while begin_next_round(self):  # self-training rounds, when asked (selftrain.*)
+            self._phase()
+        self.state.train_seconds += time.perf_counter() - self.started
+        return self._finish()
+
+    def _phase(self) -> None:
+        """The supervised phase, or one self-training round: steps until the phase's last, evaluating and
+        checkpointing on the way."""
+        cfg, acc, st, o = self.cfg, self.accelerator, self.state, self.cfg.optim
+        model, optimizer, scheduler = self.model, self.optimizer, self.scheduler
+        bar = tqdm(total=self.total_steps, initial=st.step, desc=f"selftrain {st.round}" if st.round else "train",
+                   unit="step", disable=not self.progress)
         batches = self._epoch_batches(st.epoch)
         while st.step < self.total_steps and not st.stopped_early:
             if st.step_in_epoch >= self.steps_per_epoch:  # epoch boundary
@@ -130,45 +145,21 @@ class TrainingRecipe:
 
             if st.step % cfg.logging.every_steps == 0 or st.step == self.total_steps:
                 log_train_loss(self, bar)
-            evaluate = st.step % self.eval_every == 0 or st.step == self.total_steps
+            evaluate = (st.step - st.round_start) % self.eval_every == 0 or st.step == self.total_steps
             stop = self.stop.agreed(acc)  # a signal: checkpoint here, then stop
             if evaluate or stop:
-                st.train_seconds += time.perf_counter() - started
+                st.train_seconds += time.perf_counter() - self.started
                 if st.step == self.total_steps:
-                    bar.close()  # its elapsed time is training's: the final evaluation is not part of it
-                self._evaluate_and_checkpoint(bar) if evaluate else self._checkpoint()
+                    bar.close()  # its elapsed time is training's: the phase's last evaluation is not part of it
+                evaluate_and_checkpoint(self, bar) if evaluate else checkpoint(self)
                 if stop:
                     bar.close()
                     raise self.stop.interrupted(self.run, st.step)
-                started = time.perf_counter()
-        st.train_seconds += time.perf_counter() - started
+                self.started = time.perf_counter()
         bar.close()
-        return self._finish()
 
     def validate(self) -> dict:
         return scores_of_every_set(self)
-
-    def _evaluate_and_checkpoint(self, bar) -> None:
-        st = self.state
-        scores = self.validate()
-        improved = record(st, scores, self.cfg.eval)
-        if self.on_evaluate is not None and self.on_evaluate(st.step, scores):
-            st.stopped_early, st.stopped_by = True, "callback"
-        # train_seconds: the training time so far, for time-to-accuracy
-        log_metrics(self, {"step": st.step, "epoch": round(st.step / self.steps_per_epoch, 4),
-                           **evaluation_record(scores), "train_seconds": round(st.train_seconds, 2)})
-        bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
-        if self.main and improved:
-            save_weights(self.accelerator.unwrap_model(self.model), self.run.best,
-                         {"step": st.step, **st.best_scores})
-        self.last_scores = scores
-        self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        if self.main:
-            save_checkpoint(self.run.last, self.accelerator.unwrap_model(self.model), self.optimizer,
-                            self.scheduler, self.state.to_json())
-        self.accelerator.wait_for_everyone()
 
     # ---- finish --------------------------------------------------------------------------------------------
     def _finish(self) -> dict:

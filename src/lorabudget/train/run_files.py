@@ -14,8 +14,9 @@ from ..config import dump_config
 from ..model.weights import load_weights
 from ..rundir import RunDir, atomic_write_json, atomic_write_text, follow_umask, remove_quietly, replace_dir, writing
 from ..version import __version__
-from .checkpoint import load_checkpoint
-from .evaluation import LoopState
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .evaluation import LoopState, evaluation_record, record
+from .selftrain import rounds_summary
 
 
 def library_versions() -> dict:
@@ -82,6 +83,33 @@ def resume_run(recipe) -> LoopState:
         run.truncate_metrics(state.step)
         run.set_status("running", resumed_at=state.step)
     return state
+
+
+def evaluate_and_checkpoint(recipe, bar) -> None:
+    """Score every evaluation set, note the best, let a sweep's pruner speak, log, save the best weights when they
+    improved, then checkpoint."""
+    st = recipe.state
+    scores = recipe.validate()
+    improved = record(st, scores, recipe.cfg.eval)
+    if recipe.on_evaluate is not None and recipe.on_evaluate(st.step, scores):
+        st.stopped_early, st.stopped_by = True, "callback"
+    # train_seconds: the training time so far, for time-to-accuracy
+    log_metrics(recipe, {"step": st.step, "epoch": round(st.step / recipe.steps_per_epoch, 4),
+                         **evaluation_record(scores), "train_seconds": round(st.train_seconds, 2)})
+    bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
+    if recipe.main and improved:
+        save_weights(recipe.accelerator.unwrap_model(recipe.model), recipe.run.best, {"step": st.step,
+                                                                                   **st.best_scores})
+    recipe.last_scores = scores
+    checkpoint(recipe)
+
+
+def checkpoint(recipe) -> None:
+    """checkpoints/last (the one before it kept as checkpoints/previous), by the main process; all wait."""
+    if recipe.main:
+        save_checkpoint(recipe.run.last, recipe.accelerator.unwrap_model(recipe.model), recipe.optimizer,
+                        recipe.scheduler, recipe.state.to_json())
+    recipe.accelerator.wait_for_everyone()
 
 
 def log_train_loss(recipe, bar) -> None:
@@ -151,6 +179,7 @@ def run_summary(recipe, model, final_scores: dict) -> dict:
         "device": str(recipe.device), "precision": recipe.precision,
         "data": data_facts(recipe),
         "labels": recipe.labels.names,
+        "selftrain": rounds_summary(recipe.run) if cfg.selftrain.rounds else None,
         "versions": library_versions(),
     }
 

@@ -96,3 +96,11 @@ def cache_prefix(recipe) -> None:
         dtype=recipe.dtype, progress=recipe.progress, say=recipe.say)
     recipe.train_source, recipe.val_source, *extra = sources
     recipe.extra_sources = dict(zip(recipe.extra_data, extra))
+
+
+def cache_train_prefix(recipe) -> None:
+    """The frozen prefix's states of a new training set (a self-training round's rows)."""
+    (recipe.train_source,), _ = cache_states(
+        recipe.accelerator.unwrap_model(recipe.model), [recipe.train_data], recipe.prefix,
+        setting=recipe.cfg.speed.prefix_cache_storage, pad_id=recipe.pad_id, device=recipe.device,
+        dtype=recipe.dtype, progress=recipe.progress, say=recipe.say)

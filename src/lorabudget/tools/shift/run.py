@@ -124,6 +124,7 @@ def verdict(s: dict) -> str:
     if artefact_gap >= 0.1 and s["normalize"] == "none":
         hints.append("the source's artefacts differ: try data.normalize=news")
     hints.append("select checkpoints on labelled target-like rows (data.validation_source)")
+    hints.append("train on the target's texts too (data.target_source, selftrain.rounds)")
     return head + "; " + "; ".join(hints)
 
 

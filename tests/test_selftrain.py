@@ -1,0 +1,89 @@
+"""Self-training (data.target_source, selftrain.*): rounds of pseudo-labelling the unlabelled target follow the
+supervised phase within the same run, are recorded, keep the budget, and a run stopped in a round resumes to the
+same result."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+from conftest import make_texts, slow_cli, tiny_config, write_config
+
+from lorabudget.cli import main
+from lorabudget.train.selftrain import select_pseudo_labels
+
+
+def test_selection_by_threshold_and_class_balanced_share():
+    probs = np.array([[0.95, 0.05], [0.6, 0.4], [0.2, 0.8], [0.1, 0.9], [0.97, 0.03], [0.45, 0.55]])
+    assert select_pseudo_labels(probs, 0.9, None).tolist() == [0, 3, 4]
+    # over 0.5: class 0 rows 0, 1, 4 and class 1 rows 2, 3, 5; the top third of each by confidence
+    assert select_pseudo_labels(probs, 0.5, 1 / 3).tolist() == [3, 4]
+    assert select_pseudo_labels(probs, 0.99, 0.5).tolist() == []
+
+
+def _target(tmp_path):
+    path = tmp_path / "target.csv"
+    path.write_text("text\n" + "\n".join(t for t, _ in make_texts(120, seed=51)) + "\n")
+    return path
+
+
+def _cfg(tiny_roberta, easy_csv, tmp_path, out):
+    cfg = tiny_config(tiny_roberta, easy_csv, out, optim={"max_steps": 24, "epochs": 1}, eval={"every_steps": 8},
+                      adapter={"dropout": 0.1}, logging={"every_steps": 4, "progress": False})
+    cfg["data"]["target_source"] = str(_target(tmp_path))
+    cfg["selftrain"] = {"rounds": 2, "threshold": 0.5, "epochs": 1.0, "top_share": 0.8}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def selftrained(tiny_roberta, easy_csv, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("selftrain")
+    out = folder / "run"
+    assert main(["train", "-c", str(write_config(folder / "c.yaml", _cfg(tiny_roberta, easy_csv, folder, out)))]) == 0
+    return out
+
+
+def test_rounds_follow_the_supervised_phase_and_are_recorded(selftrained):
+    summary = json.loads((selftrained / "summary.json").read_text())
+    rounds = summary["selftrain"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        record = json.loads((selftrained / "selftrain" / f"round-{r['round']}.json").read_text())
+        assert 0 < r["rows"] == len(record["indices"]) == len(record["labels"]) <= 120
+        assert sum(r["label_counts"].values()) == r["rows"]
+    # the steps go on past the supervised 24: one epoch of labelled + pseudo-labelled rows per round
+    steps = [m["step"] for m in map(json.loads, (selftrained / "metrics.jsonl").read_text().splitlines())]
+    assert steps == sorted(steps) and summary["steps"] > 24 + 2 * 24  # 384 labelled rows alone make 24 steps
+    assert summary["trainable_params"] <= summary["budget"]
+    assert summary["best"]["step"] in {m["step"] for m in map(json.loads, (selftrained / "metrics.jsonl")
+                                                               .read_text().splitlines()) if "val_accuracy" in m}
+
+
+def test_a_run_stopped_in_a_round_resumes_to_the_same_result(selftrained, tiny_roberta, easy_csv, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", _cfg(tiny_roberta, easy_csv, tmp_path, out))
+    proc = subprocess.Popen([sys.executable, "-c", slow_cli(0.03), "train", "-c", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = out / "checkpoints" / "last" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # into the second round
+        try:
+            if json.loads(state.read_text())["round"] == 2:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert json.loads(state.read_text())["round"] == 2 and not (out / "summary.json").exists()
+    assert main(["train", "--resume", str(out)]) == 0
+    a, b = (json.loads((run / "summary.json").read_text()) for run in (selftrained, out))
+    assert a["best"] == b["best"] and a["final"] == b["final"] and a["steps"] == b["steps"]
+    assert a["selftrain"] == b["selftrain"]
