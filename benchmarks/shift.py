@@ -81,7 +81,8 @@ def recipe_files(out: Path, names: list[str], data: dict[str, Path]) -> list[Pat
     paths = []
     for name in names:
         overrides = [o.replace("TARGET", str(data["target"])) for o in RECIPES[name]]
-        cfg = load_config(BASE, [*overrides, f"data.validation_source=[{data['val']}, {data['ood_dev']}]"])
+        cfg = load_config(BASE, [*overrides, f"data.validation_source=[{data['val']}, {data['ood_dev']}]",
+                                 f"data.label_names=[{', '.join(AG_NEWS_ORDER)}]"])
         path = folder / f"{name}.yaml"
         path.write_text(dump_config(cfg))
         paths.append(path)

@@ -36,6 +36,17 @@ def test_em_recovers_the_target_priors_and_reduces_errors():
     np.testing.assert_allclose(estimate, train, atol=0.02)
 
 
+def test_em_never_collapses_to_one_class():
+    """Near-uniform, slightly biased probabilities (an undertrained model) drive plain EM to put every row in
+    one class; the bounded estimate keeps every class within 5x of its training share."""
+    rng = np.random.default_rng(1)
+    probs = np.full((2000, 4), 0.25) + rng.normal(0, 0.01, (2000, 4))
+    probs[:, 1] += 0.02
+    probs /= probs.sum(axis=1, keepdims=True)
+    _, estimate = adapt_priors(probs, np.full(4, 0.25))
+    assert estimate.min() >= 0.25 / 5 - 1e-9 and estimate.max() < 0.9
+
+
 def test_predict_adapts_priors_and_reports_the_estimate(trained_run, tmp_path, capsys):
     # a target where World (class 0) is most rows
     rows = [(t, label) for t, label in make_texts(400, seed=41) if label == 0 or len(t) % 5 == 0]

@@ -11,10 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 
-def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, max_iter: int = 1000,
-                 tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, max_iter: int = 1000, tol: float = 1e-8,
+                 max_ratio: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
     """(adapted probabilities, estimated target priors) for `probs` (rows: texts, columns: classes), given the
-    class shares the model was trained under."""
+    class shares the model was trained under.
+
+    EM is exact for calibrated probabilities; from an undertrained or overconfident model it can run away and
+    put every row in one class. Each step therefore keeps every class's share within `max_ratio` times (and at
+    least 1/max_ratio of) its training share: room for a strong label shift (5x: a 25% class between 5% and
+    100%), never a collapse."""
     p_train = np.asarray(train_priors, dtype=np.float64)
     p_train = p_train / p_train.sum()
     probs = np.asarray(probs, dtype=np.float64)
@@ -23,10 +28,24 @@ def adapt_priors(probs: np.ndarray, train_priors: np.ndarray, *, max_iter: int =
     for _ in range(max_iter):
         adapted = probs * (q / p_train)
         adapted /= adapted.sum(axis=1, keepdims=True)
-        new = adapted.mean(axis=0)
+        new = _within(adapted.mean(axis=0), p_train / max_ratio, np.minimum(p_train * max_ratio, 1.0))
         done = np.abs(new - q).max() < tol
         q = new
         if done:
             break
     adapted = probs * (q / p_train)
     return adapted / adapted.sum(axis=1, keepdims=True), q
+
+
+def _within(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Shares summing to 1 with each between its bounds: clip, then give the mass clipped off (or missing) to the
+    classes still inside their bounds, in proportion, until none moves past a bound."""
+    q = q.copy()
+    for _ in range(len(q) + 1):
+        q = np.clip(q, lo, hi)
+        free = (q > lo) & (q < hi)
+        excess = 1.0 - q.sum()
+        if abs(excess) < 1e-12 or not free.any():
+            break
+        q[free] += excess * q[free] / q[free].sum()
+    return q / q.sum()
