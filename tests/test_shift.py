@@ -78,3 +78,33 @@ def test_the_report_shows_the_diagnosis_of_a_run(trained_run, targets, tmp_path)
     assert "## Shift of the target" in page and "| run | shifted.csv |" in page
     assert "figures/shift-run-shifted.png" in page
     assert (tmp_path / "report" / "figures" / "shift-run-shifted.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["datasets.Dataset", "pandas.DataFrame"])
+def test_a_pickled_target_as_handed_out_gives_a_submission_the_competition_accepts(kind, trained_run, tmp_path,
+                                                                                   capsys):
+    """One `text` column, no ID column, pickled: IDs are the row index 0..n-1, labels 0..3; reading it needs the
+    explicit opt-in."""
+    import pickle
+
+    texts = [t for t, _ in make_texts(50, seed=61)]
+    if kind == "datasets.Dataset":
+        import datasets
+
+        obj = datasets.Dataset.from_dict({"text": texts})
+    else:
+        import pandas
+
+        obj = pandas.DataFrame({"text": texts})
+    path = tmp_path / "test_unlabelled.pkl"
+    path.write_bytes(pickle.dumps(obj))
+    out = tmp_path / "submission.csv"
+    assert main(["predict", str(trained_run), "--data", str(path), "--out", str(out)]) == 2
+    assert "--allow-pickle" in capsys.readouterr().err and not out.exists()
+    with pytest.warns(UserWarning, match="unpickling"):  # the warning comes with the opt-in
+        assert main(["predict", str(trained_run), "--data", str(path), "--out", str(out), "--allow-pickle"]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["ID", "Label"]
+    assert [r[0] for r in rows[1:]] == [str(i) for i in range(50)]
+    assert {r[1] for r in rows[1:]} <= {"0", "1", "2", "3"}
