@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +89,19 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, 
 
 def previous_of(folder: Path) -> Path:
     return folder.with_name("previous")
+
+
+def newest_state(last: Path) -> dict | None:
+    """The loop state of the checkpoint a resume would start from (last, else previous), read without checking
+    the rest of the checkpoint: for messages and for rebuilding a self-training round. None when neither reads."""
+    for folder in (last, previous_of(last)):
+        try:
+            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(state, dict) and isinstance(state.get("step"), int):
+            return state
+    return None
 
 
 def _read_checkpoint(folder: Path, way_out: str) -> dict[str, Any]:

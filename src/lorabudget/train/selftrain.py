@@ -11,7 +11,6 @@ so a resumed run rebuilds exactly the round it was killed in.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from ..runtime.batching import TokenBatches
 from ..runtime.inference import ordered, predict_logits
 from ..runtime.priors import adapt_priors
 from ..runtime.tokens import Tokenized, tokenize
+from .checkpoint import newest_state
 from .optim import make_optimizer, plan_schedule
 
 
@@ -122,22 +122,12 @@ def begin_next_round(recipe) -> bool:
 def rebuild_round(recipe) -> None:
     """A run killed in round k > 0: rebuild that round (its rows as recorded, its schedule, a fresh optimizer)
     before the checkpoint's optimizer and schedule states load into it."""
-    k, start = _checkpoint_round(recipe.run)
+    state = newest_state(recipe.run.last) or {}
+    k, start = int(state.get("round", 0)), int(state.get("round_start", 0))
     if k:
         record = read_json(_round_file(recipe, k), "the round's pseudo-labels are lost: start the run again with "
                                                    "--overwrite")
         apply_round(recipe, k, record, start)
-
-
-def _checkpoint_round(run) -> tuple[int, int]:
-    """(round, its first step) of the checkpoint a resume will load: last, else previous."""
-    for folder in (run.last, run.checkpoints / "previous"):
-        try:
-            state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-            return int(state.get("round", 0)), int(state.get("round_start", 0))
-        except (OSError, ValueError, TypeError):
-            continue
-    return 0, 0
 
 
 def rounds_summary(run) -> list[dict]:

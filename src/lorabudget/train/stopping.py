@@ -8,7 +8,6 @@ exit 130 (SIGINT) or 143 (SIGTERM), as a shell reports a process killed by them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from ..errors import Interrupted, LorabudgetError, TrainingError, WriteFailed
 from ..rundir import RunDir
 from ..runlock import command_line
+from .checkpoint import newest_state
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -77,12 +77,8 @@ def check_finite(recipe, step_loss: float) -> None:
 
 def checkpoint_step(run: RunDir) -> int | None:
     """The step of the newest checkpoint on disk (for messages), or None."""
-    for folder in (run.last, run.checkpoints / "previous"):
-        try:
-            return int(json.loads((folder / "state.json").read_text())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
+    state = newest_state(run.last)
+    return None if state is None else state["step"]
 
 
 def is_main_process() -> bool:
