@@ -307,3 +307,22 @@ def test_a_second_writer_refuses_at_once_and_a_reader_still_works(tiny_roberta, 
     # once the writer is gone, the lock is free: a new writer may replace the run
     assert main(["train", "-c", str(second), "--overwrite", "--max-steps", "2"]) == 0
     assert "seed: 1" in (run / "config.yaml").read_text()
+
+
+def test_an_export_into_a_run_dir_is_a_writer_of_that_run(trained_run, tmp_path, capsys):
+    """Exporting into the run directory takes the run's lock (refused while another process writes the run);
+    exporting elsewhere writes only its own folder and goes ahead."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom lorabudget.runlock import RunLock\n"
+                               f"with RunLock({str(run)!r}, 'holder'):\n    print('held', flush=True)\n"
+                               "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["export", str(run), "--adapter", str(run / "exported")]) == 2
+        assert f"pid {holder.pid}" in capsys.readouterr().err and not (run / "exported").exists()
+        assert main(["export", str(run), "--adapter", str(tmp_path / "elsewhere")]) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["export", str(run), "--adapter", str(run / "exported")]) == 0  # the lock died with its holder

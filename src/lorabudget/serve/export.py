@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -15,6 +16,15 @@ from ..rundir import follow_umask, open_finished, remove_quietly, replace_dir, w
 from .api import Classifier
 
 
+def _writer_lock(run, target: Path):
+    """An export into the run directory itself writes that run: it holds the run's lock (a second writer, or a
+    training that replaces the run, waits its turn); an export elsewhere writes only its own folder."""
+    from ..runlock import command_line
+
+    inside = target.resolve().is_relative_to(run.path.resolve())
+    return run.lock(command_line()) if inside else nullcontext()
+
+
 def export_adapter(run_dir: str, out: str) -> Path:
     """The PEFT adapter alone (head weights included), as the run saved it."""
     run = open_finished(run_dir)
@@ -22,7 +32,7 @@ def export_adapter(run_dir: str, out: str) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     remove_quietly(tmp)
     try:
-        with writing(target):
+        with _writer_lock(run, target), writing(target):
             shutil.copytree(run.adapter, tmp)
             follow_umask(tmp)
             replace_dir(tmp, target)
@@ -82,7 +92,7 @@ def export_merged(run_dir: str, out: str, *, custom_code: bool = False) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     remove_quietly(tmp)
     try:
-        with writing(target):
+        with _writer_lock(run, target), writing(target):
             _save_merged(clf, tmp, custom)
             follow_umask(tmp)  # safetensors writes its files private (0600); a model is for others to load
             replace_dir(tmp, target)
