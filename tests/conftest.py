@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,20 @@ def easy_jsonl(tmp_path_factory) -> Path:
         for i, (text, label) in enumerate(make_texts(200, seed=2)):
             f.write(json.dumps({"ID": f"r{i}", "text": text, "label": CLASSES[label]}) + "\n")
     return path
+
+
+@contextmanager
+def one_torch_thread():
+    """One thread for a module- or session-scoped fixture that trains: it runs before the per-test `_one_thread`,
+    and a run it makes is compared bit for bit with runs made at one thread (2 threads sum in another order)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
