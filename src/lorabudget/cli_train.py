@@ -60,11 +60,11 @@ def check_predict_args(args) -> None:
 
 
 def predict_after_training(args, run, progress: bool) -> None:
+    from .cli_read import class_counts
     from .serve.predict import predict_file
 
     out = args.out or str(run.path / "predictions.csv")
     result = predict_file(str(run.path), args.predict, out, progress=progress,
                           data_overrides={"allow_pickle": True} if args.allow_pickle else {})
-    counts = ", ".join(f"{k} {v:,}" for k, v in result["counts"].items())
-    print(f"predicted {result['rows']:,} rows of {args.predict} with the best checkpoint: {counts}")
+    print(f"predicted {result['rows']:,} rows of {args.predict} with the best checkpoint: {class_counts(result)}")
     print(f"wrote     {result['out']}")

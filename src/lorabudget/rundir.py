@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DamagedFileError, RunDirError, WriteFailed
-from .runlock import LOCK_NAME, RunLock, describe_holder, writer_of
+from .runlock import LOCK_NAME, RunLock, busy, describe_holder, writer_of
 
 # What a run directory may hold (see above), partial runs included: --overwrite deletes only folders made of these.
 RUN_ENTRIES = frozenset({"config.yaml", "labels.json", "status.json", "metrics.jsonl", "summary.json", "split.json",
@@ -234,9 +234,8 @@ class RunDir:
         config, data and model have passed their own checks, so a failing `--overwrite` keeps the old run."""
         self._refuse_foreign()
         writer = self.writer() if main else None  # the other processes of a launch see their main one's lock
-        if writer is not None and writer.get("command") != "this process":
-            raise RunDirError(f"{self.path} is being written by another lorabudget process ({describe_holder(writer)})"
-                              "; wait for it to finish, or choose another --output-dir")
+        if writer is not None:
+            raise busy(self.path, writer)
         if self.path.exists() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
             if self.is_finished() and not overwrite:
                 raise RunDirError(f"{self.path} holds a finished run; pass --overwrite to replace it, or choose "

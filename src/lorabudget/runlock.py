@@ -37,6 +37,12 @@ def _holder_text(path: Path) -> dict:
     return holder if isinstance(holder, dict) else {}
 
 
+def busy(folder: Path, holder: dict) -> RunDirError:
+    """The refusal a second writer gets: who holds the folder, and what to do."""
+    return RunDirError(f"{folder} is being written by another lorabudget process ({describe_holder(holder)}); "
+                       "wait for it to finish, or choose another --output-dir")
+
+
 def describe_holder(holder: dict) -> str:
     parts = [f"pid {holder.get('pid', '?')}" + (f" on {holder['host']}" if holder.get("host") else "")]
     if holder.get("command"):
@@ -78,9 +84,7 @@ class RunLock:
                     time.sleep(0.05)
                     continue
                 os.close(fd)
-                holder = describe_holder(_holder_text(self.folder / LOCK_NAME))
-                raise RunDirError(f"{self.folder} is being written by another lorabudget process ({holder}); "
-                                  "wait for it to finish, or choose another --output-dir") from None
+                raise busy(self.folder, _holder_text(self.folder / LOCK_NAME)) from None
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
               "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         try:
@@ -108,12 +112,11 @@ class RunLock:
 
 
 def writer_of(folder: str | Path) -> dict | None:
-    """The holder of the folder's lock (pid, host, command, since), or None when no live process holds it."""
+    """The holder of the folder's lock (pid, host, command, since), or None when no other live process holds it
+    (this process's own lock is no other writer)."""
     path = Path(folder) / LOCK_NAME
-    if fcntl is None or not path.is_file():
+    if fcntl is None or not path.is_file() or Path(folder).resolve() in _held:
         return None
-    if Path(folder).resolve() in _held:
-        return {"pid": os.getpid(), "command": "this process"}
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

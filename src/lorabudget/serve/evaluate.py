@@ -10,7 +10,7 @@ from ..errors import DataError
 from ..metrics import classification_scores, format_report
 from ..plots import plot_confusion_matrix
 from ..rundir import atomic_write_json, open_finished, read_json
-from .api import Classifier
+from .api import Classifier, still_running_note
 
 
 def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
@@ -57,7 +57,8 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
     atomic_write_json(out / "metrics.json", scores)
     plot_confusion_matrix(scores["confusion_matrix"], clf.class_names, out / "confusion_matrix.png",
                           title=f"Confusion matrix ({name}, accuracy {scores['accuracy']:.4f})")
-    return scores, out
+    # what `lorabudget evaluate` prints of a run still being written (the file keeps checkpoint_step)
+    return {**scores, "note": still_running_note(clf)}, out
 
 
 __all__ = ["evaluate", "format_report"]

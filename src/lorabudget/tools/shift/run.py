@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...config import load_config, override_section
 from ...data import load_source, load_training_data
@@ -40,8 +39,7 @@ def _sample(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def _model_view(clf: Classifier, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(confidence, predicted class) of the trained model for each text."""
-    logits = clf.logits(clf.tokenize(texts), batch_size=clf.config.eval.batch_size)
-    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    probs = clf.predict_proba(texts, batch_size=clf.config.eval.batch_size)
     return probs.max(axis=1), probs.argmax(axis=1)
 
 
