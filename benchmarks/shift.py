@@ -36,6 +36,7 @@ RECIPES = {  # name -> overrides of the recommended recipe; TARGET stands for th
     "normalize": ["data.normalize=news"],
     "selftrain": ["data.target_source=TARGET", "selftrain.rounds=1"],
     "normalize+selftrain": ["data.normalize=news", "data.target_source=TARGET", "selftrain.rounds=1"],
+    "mean-pooling": ["head.type=linear", "head.pooling=mean"],  # the sentence encoder's own pooling (#21)
 }
 AG_NEWS_ORDER = ["World", "Sports", "Business", "Sci/Tech"]  # ood_dev_labels' 0..3
 
@@ -125,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="threads per run (default: 1 when jobs > 1, else 2); one thread "
+                    "lets a second benchmark share a 2-core machine")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-shift")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
     ap.add_argument("--json", type=Path, help="write the figures here")
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     data = build_data(out / "data")
     configs = recipe_files(out, args.recipes, data)
     train_args = argparse.Namespace(out=out, data=data["train"], set=args.set)
-    threads = 1 if args.jobs > 1 else 2
+    threads = args.threads or (1 if args.jobs > 1 else 2)
     from concurrent.futures import ThreadPoolExecutor
 
     work = [(config, seed) for seed in args.seeds for config in configs]

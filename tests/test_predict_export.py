@@ -115,15 +115,16 @@ def test_linear_head_cannot_become_a_stock_model(tiny_roberta, easy_csv, tmp_pat
     assert len(lorabudget.load(out).predict(texts)) == 6
 
 
-@pytest.mark.parametrize("family,head", [("roberta", "linear"), ("roberta", "lowrank"), ("bert", "linear"),
-                                         ("bert", "lowrank")])
-def test_custom_code_export_predicts_what_the_run_predicts(family, head, tiny_roberta, tiny_bert, easy_csv,
+@pytest.mark.parametrize("family,head,pooling", [("roberta", "linear", "cls"), ("roberta", "lowrank", "mean"),
+                                                 ("bert", "linear", "mean"), ("bert", "lowrank", "cls")])
+def test_custom_code_export_predicts_what_the_run_predicts(family, head, pooling, tiny_roberta, tiny_bert, easy_csv,
                                                             tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = tmp_path / "run"
     model_dir = tiny_roberta if family == "roberta" else tiny_bert
-    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(model_dir, easy_csv, out, head={"type": head, "rank": 6},
+    cfg = write_config(tmp_path / "cfg.yaml", tiny_config(model_dir, easy_csv, out, head={"type": head, "rank": 6,
+                                                                                      "pooling": pooling},
                                                           optim={"max_steps": 12}))
     assert main(["train", "-c", str(cfg)]) == 0
     merged = tmp_path / "merged"

@@ -41,6 +41,8 @@ def effective_settings(cfg: Config, n_layers: int | None = None, precision: str 
         out["optim"]["warmup_ratio"] = None
     if not HEADS[cfg.head.type].uses_rank:
         out["head"]["rank"] = None
+    if not HEADS[cfg.head.type].uses_pooling:
+        out["head"]["pooling"] = None
     return out
 
 

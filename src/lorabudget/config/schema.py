@@ -194,6 +194,12 @@ class HeadConfig(_Section):
         DEFAULT_HEAD_RANK, gt=0, description="Rank k of the 'lowrank' head's factored dense layer: 2 x hidden x k + "
         "hidden parameters instead of hidden x hidden + hidden. Ignored by the other head types."
     )
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="How the 'linear' and 'lowrank' heads read the encoder's token states: 'cls', the first "
+        "token ([CLS] / <s>), or 'mean', the mean over the real tokens (padding excluded), which is how "
+        "sentence-embedding checkpoints such as all-MiniLM and all-mpnet were trained to be read. No parameters "
+        "either way. The 'default' and 'pooler' heads pool as the model class does."
+    )
 
 
 class OptimConfig(_Section):

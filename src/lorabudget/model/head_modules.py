@@ -10,18 +10,66 @@ import torch
 from torch import nn
 
 
-class FirstTokenLinear(nn.Module):
-    """Dropout, then one linear layer on the first token's hidden state ([CLS] / <s>)."""
+class MaskSlot:
+    """The attention mask of the current forward call, shared by the hook that sets it and every pooling module
+    that reads it. Copies share it too: peft trains a head as a deep copy of the original module
+    (`modules_to_save`), and that copy must see the same mask as the hook's."""
 
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, init_std: float):
+    def __init__(self):
+        self.mask: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class TokenPooling(nn.Module):
+    """One vector per text from the encoder's token states: the first token ([CLS] / <s>) or the mean over the
+    real tokens. Sentence-embedding checkpoints (all-MiniLM, all-mpnet) were trained to be read by the mean.
+
+    A head sees only the token states, not the attention mask; `watch_mask` hands it the mask of each forward
+    call, so that padding never enters the mean. Without a mask every position counts, as transformers' own
+    default mask says."""
+
+    def __init__(self, mode: str = "cls"):
         super().__init__()
+        self.mode = mode
+        self.slot = MaskSlot()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.mode == "cls":
+            return hidden[:, 0]
+        if self.slot.mask is None:
+            return hidden.mean(dim=1)
+        keep = self.slot.mask[:, : hidden.shape[1]].to(hidden.dtype).unsqueeze(-1)
+        return (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
+
+
+def watch_mask(model, pooling: TokenPooling) -> None:
+    """Give `pooling` the attention mask of every call of the encoder (`model.base_model`). The hook sits on the
+    encoder, not on `model`: peft calls `model.forward` directly, which runs no hooks of `model` itself."""
+    slot = pooling.slot
+
+    def remember(module, args, kwargs):
+        mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+        slot.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    if pooling.mode != "cls":
+        model.base_model.register_forward_pre_hook(remember, with_kwargs=True)
+
+
+class FirstTokenLinear(nn.Module):
+    """Dropout, then one linear layer on the pooled token states (the first token's, or their mean)."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, init_std: float, pooling: str = "cls"):
+        super().__init__()
+        self.pool = TokenPooling(pooling)
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(hidden_size, num_labels)
         nn.init.normal_(self.out_proj.weight, std=init_std)
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.out_proj(self.dropout(features[:, 0, :]))
+        return self.out_proj(self.dropout(self.pool(features)))
 
 
 class LowRankDense(nn.Module):
@@ -43,10 +91,12 @@ class LowRankDense(nn.Module):
 
 class FirstTokenLowRank(nn.Module):
     """roberta's classification head with its dense layer factored through rank k: dropout, dense (hidden -> k ->
-    hidden), tanh, dropout, output layer, on the first token's hidden state."""
+    hidden), tanh, dropout, output layer, on the pooled token states."""
 
-    def __init__(self, hidden_size: int, rank: int, num_labels: int, dropout: float, init_std: float):
+    def __init__(self, hidden_size: int, rank: int, num_labels: int, dropout: float, init_std: float,
+                 pooling: str = "cls"):
         super().__init__()
+        self.pool = TokenPooling(pooling)
         self.dropout = nn.Dropout(dropout)
         self.dense = LowRankDense(hidden_size, rank)
         self.out_proj = nn.Linear(hidden_size, num_labels)
@@ -54,26 +104,21 @@ class FirstTokenLowRank(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
-        x = torch.tanh(self.dense(self.dropout(features[:, 0, :])))
+        x = torch.tanh(self.dense(self.dropout(self.pool(features))))
         return self.out_proj(self.dropout(x))
 
 
 class LowRankPooler(nn.Module):
-    """Stands in for BERT's pooler: tanh of a rank-k dense layer on the first token (BERT's classifier follows)."""
+    """Stands in for BERT's pooler: tanh of a rank-k dense layer on the pooled token states (BERT's classifier
+    follows)."""
 
-    def __init__(self, hidden_size: int, rank: int):
+    def __init__(self, hidden_size: int, rank: int, pooling: str = "cls"):
         super().__init__()
+        self.pool = TokenPooling(pooling)
         self.dense = LowRankDense(hidden_size, rank)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.dense(hidden_states[:, 0]))
-
-
-class FirstToken(nn.Module):
-    """Stands in for BERT's pooler: the first token's hidden state, untransformed (no parameters)."""
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states[:, 0]
+        return torch.tanh(self.dense(self.pool(hidden_states)))
 
 
 def head_settings(model) -> tuple[float, float, torch.device]:
@@ -83,24 +128,29 @@ def head_settings(model) -> tuple[float, float, torch.device]:
     return dropout, getattr(config, "initializer_range", 0.02), next(model.classifier.parameters()).device
 
 
-def install_linear(model, family: str, rank: int) -> None:
-    """One output layer on the first token. BERT's classifier is already one linear layer on the pooled output;
-    dropping the pooler's dense + tanh leaves exactly that."""
+def install_linear(model, family: str, rank: int, pooling: str = "cls") -> None:
+    """One output layer on the pooled token states. BERT's classifier is already one linear layer on the pooled
+    output; a pooler that only pools (no dense, no tanh) leaves exactly that."""
     dropout, std, device = head_settings(model)
     with torch.device(device):
         if family == "roberta":
-            model.classifier = FirstTokenLinear(model.config.hidden_size, model.config.num_labels, dropout, std)
+            model.classifier = FirstTokenLinear(model.config.hidden_size, model.config.num_labels, dropout, std,
+                                                pooling)
+            watch_mask(model, model.classifier.pool)
         else:
-            model.base_model.pooler = FirstToken()
+            model.base_model.pooler = TokenPooling(pooling)
+            watch_mask(model, model.base_model.pooler)
 
 
-def install_lowrank(model, family: str, rank: int) -> None:
-    """roberta: its head with the dense layer factored through rank k. BERT: the pooler's place (first token ->
+def install_lowrank(model, family: str, rank: int, pooling: str = "cls") -> None:
+    """roberta: its head with the dense layer factored through rank k. BERT: the pooler's place (pooled tokens ->
     rank-k dense -> tanh), BERT's own classifier behind it."""
     dropout, std, device = head_settings(model)
     with torch.device(device):
         if family == "roberta":
             model.classifier = FirstTokenLowRank(model.config.hidden_size, rank, model.config.num_labels, dropout,
-                                                 std)
+                                                 std, pooling)
+            watch_mask(model, model.classifier.pool)
         else:
-            model.base_model.pooler = LowRankPooler(model.config.hidden_size, rank)
+            model.base_model.pooler = LowRankPooler(model.config.hidden_size, rank, pooling)
+            watch_mask(model, model.base_model.pooler.pool)

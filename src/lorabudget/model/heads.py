@@ -20,14 +20,16 @@ from torch import nn
 
 from ..errors import ModelError
 from .head_modules import (
-    FirstToken,
     FirstTokenLinear,
     FirstTokenLowRank,
     LowRankDense,
     LowRankPooler,
+    MaskSlot,
+    TokenPooling,
     head_settings,
     install_linear,
     install_lowrank,
+    watch_mask,
 )
 
 ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
@@ -42,10 +44,12 @@ class Head:
     families: tuple[str, ...] | None  # model families that offer it; None: every family
     params: Callable[[str, int, int, int], dict[str, int]]  # (family, hidden, labels, rank) -> {group: count}
     trains: Callable[[str], tuple[str, ...]] = lambda family: ()  # modules besides the classifier, in full
-    install: Callable[[nn.Module, str, int], None] | None = None  # None: the model class's own head
+    install: Callable[[nn.Module, str, int, str], None] | None = None  # (model, family, rank, pooling); None:
+    # the model class's own head
     exported: tuple = ()  # classes and functions a merged export's modeling file carries (custom heads only)
     unavailable_hint: str = ""  # said when a family does not offer it
     uses_rank: bool = False  # whether `head.rank` changes it
+    uses_pooling: bool = False  # whether `head.pooling` changes it
 
     @property
     def stock_loadable(self) -> bool:
@@ -85,7 +89,7 @@ def _lowrank_params(family: str, hidden: int, labels: int, rank: int) -> dict[st
     return {"head (classifier)": _low_rank_dense(hidden, rank) + _out_layer(hidden, labels)}
 
 
-_CUSTOM_CODE = (head_settings,)
+_CUSTOM_CODE = (head_settings, MaskSlot, TokenPooling, watch_mask)
 
 HEADS: dict[str, Head] = {
     "default": Head(
@@ -96,14 +100,16 @@ HEADS: dict[str, Head] = {
         trains=lambda family: ("pooler",),
         unavailable_hint=" (roberta's 'default' head already holds the dense layer that plays its part)"),
     "linear": Head(
-        "one output layer on the first token", ("roberta", "bert"), _linear_params, install=install_linear,
-        exported=(*_CUSTOM_CODE, FirstTokenLinear, FirstToken, install_linear),
+        "one output layer on the pooled tokens (`head.pooling`)", ("roberta", "bert"), _linear_params,
+        install=install_linear, exported=(*_CUSTOM_CODE, FirstTokenLinear, install_linear), uses_pooling=True,
         unavailable_hint="; set head.type=default for the model class's own head"),
     "lowrank": Head(
-        "first token -> dense factored through rank `head.rank` (hidden -> k -> hidden) -> tanh -> output layer "
-        "(for BERT it replaces the pooler); roberta-base, k=32, 4 classes: 52,996", ("roberta", "bert"),
-        _lowrank_params, trains=lambda family: ("pooler",) if family == "bert" else (), install=install_lowrank,
+        "pooled tokens (`head.pooling`) -> dense factored through rank `head.rank` (hidden -> k -> hidden) -> "
+        "tanh -> output layer (for BERT it replaces the pooler); roberta-base, k=32, 4 classes: 52,996",
+        ("roberta", "bert"), _lowrank_params, trains=lambda family: ("pooler",) if family == "bert" else (),
+        install=install_lowrank,
         exported=(*_CUSTOM_CODE, LowRankDense, FirstTokenLowRank, LowRankPooler, install_lowrank), uses_rank=True,
+        uses_pooling=True,
         unavailable_hint="; set head.type=default for the model class's own head"),
 }
 
@@ -152,13 +158,17 @@ def check_family(head_type: str, family: str, model_type: str) -> Head:
 def apply_head(model, head_cfg) -> HeadSpec:
     """Set up the head on a transformers sequence-classification model; return what trains.
 
-    `head_cfg` is the config's head section (its type and rank), or just a head type (the rank at its default)."""
-    head_type, rank = (head_cfg, DEFAULT_HEAD_RANK) if isinstance(head_cfg, str) else (head_cfg.type, head_cfg.rank)
+    `head_cfg` is the config's head section (its type, rank and pooling), or just a head type (the rank and
+    pooling at their defaults)."""
+    if isinstance(head_cfg, str):
+        head_type, rank, pooling = head_cfg, DEFAULT_HEAD_RANK, "cls"
+    else:
+        head_type, rank, pooling = head_cfg.type, head_cfg.rank, head_cfg.pooling
     family = model_family(model.config)
     head = check_family(head_type, family, model.config.model_type)
     classifier = head_module_names(model)
     if head.install is not None:
-        head.install(model, family, rank)
+        head.install(model, family, rank, pooling)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [m for m in head.trains(family) if m not in present]
     if missing:

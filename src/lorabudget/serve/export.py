@@ -62,7 +62,7 @@ class {name}({base}):
     def __init__(self, config):
         super().__init__(config)
         head = config.lorabudget_head
-        {install}(self, head["family"], head["rank"])
+        {install}(self, head["family"], head["rank"], head["pooling"])
 '''
 
 
@@ -110,7 +110,8 @@ def _save_merged(clf: Classifier, tmp: Path, custom: bool) -> None:
     if custom:
         base = type(model).__name__
         name = f"Lorabudget{base}"
-        model.config.lorabudget_head = {"family": model_family(model.config), "type": head.type, "rank": head.rank}
+        model.config.lorabudget_head = {"family": model_family(model.config), "type": head.type, "rank": head.rank,
+                                          "pooling": head.pooling}
         model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_lorabudget.{name}"}
         model.config.architectures = [name]
     model.save_pretrained(str(tmp), safe_serialization=True)
