@@ -1,7 +1,8 @@
 """Shift benchmark: which recipe does best on the shifted target, without losing in-distribution accuracy?
 
-    python benchmarks/shift.py [--recipes today normalize selftrain normalize+selftrain] [--seeds 1 2 3]
-                               [--jobs 2] [--out runs/bench-shift] [--set KEY=VALUE ...] [--json PATH]
+    python benchmarks/shift.py [--recipes today normalize selftrain normalize+selftrain mean-pooling] [--seeds 1 2 3]
+                               [--jobs 2] [--threads N] [--out runs/bench-shift] [--set KEY=VALUE ...]
+                               [--results benchmarks/results/shift.json] [--record-only]
 
 The MiniLM proxy's recommended recipe (configs/recommended-minilm.yaml, budget 180,000) and its variants, each
 trained on ../shared's AG News with the preset's 1,000 validation rows held out (stratified, split_seed 0, the
@@ -108,17 +109,46 @@ def _mean_std(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):.2f} ± {100 * statistics.stdev(xs):.2f}"
 
 
-def table(out: Path, names: list[str], dev: Path) -> tuple[str, dict]:
-    rows = ["| recipe | seeds | validation | OOD dev | OOD dev + priors |", "| --- | ---: | ---: | ---: | ---: |"]
-    data = {}
+RESULTS = ROOT / "benchmarks" / "results" / "shift.json"
+
+
+def record(results: Path, out: Path, names: list[str], dev: Path) -> dict:
+    """Add every finished run under OUT to the results file (kept in the repository, keyed by recipe and seed:
+    run folders do not outlive a working session here, the figures do), with its curve of both sets."""
+    data = json.loads(results.read_text()) if results.is_file() else {"runs": {}}
+    bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
     for name in names:
-        runs = sorted(p.parent for p in (out / name).glob("seed-*/summary.json"))
-        val = [json.loads((r / "summary.json").read_text())["best"]["accuracy"] for r in runs]
-        ood = [json.loads((r / "summary.json").read_text())["best"]["sets"]["ood_dev"]["accuracy"] for r in runs]
-        priors = [_dev_with_priors(r, dev) for r in runs]
-        data[name] = {"runs": [str(r) for r in runs], "validation": val, "ood_dev": ood, "ood_dev_priors": priors}
-        rows.append(f"| {name} | {len(runs)} | {_mean_std(val)} | {_mean_std(ood)} | {_mean_std(priors)} |")
-    return "\n".join(rows), data
+        for run in sorted(p.parent for p in (out / name).glob("seed-*/summary.json")):
+            key = f"{name}/{run.name}"
+            if key in data["runs"]:
+                continue
+            summary = json.loads((run / "summary.json").read_text())
+            curve = [{"step": r["step"], "validation": r["val_accuracy"], "ood_dev": r["val_ood_dev_accuracy"]}
+                     for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                     if "val_ood_dev_accuracy" in r]
+            data["runs"][key] = {
+                "recipe": name, "seed": int(run.name.split("-")[1]), "validation": summary["best"]["accuracy"],
+                "ood_dev": summary["best"]["sets"]["ood_dev"]["accuracy"], "best_step": summary["best"]["step"],
+                "ood_dev_priors": _dev_with_priors(run, dev), "curve": curve,
+                "train_seconds": summary.get("train_seconds"), "threads": summary.get("threads"),
+                "cpu_avx512_bf16": bf16}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
+def table(data: dict, names: list[str]) -> str:
+    rows = ["| recipe | seeds | validation | OOD dev | OOD dev + priors | OOD dev after epoch 1 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name in names:
+        runs = [r for r in data["runs"].values() if r["recipe"] == name]
+        if not runs:
+            continue
+        first = [r["curve"][0]["ood_dev"] for r in runs if r["curve"]]
+        rows.append(f"| {name} | {len(runs)} | {_mean_std([r['validation'] for r in runs])} | "
+                    f"{_mean_std([r['ood_dev'] for r in runs])} | {_mean_std([r['ood_dev_priors'] for r in runs])} "
+                    f"| {_mean_std(first)} |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                     "lets a second benchmark share a 2-core machine")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-shift")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every recipe")
-    ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="the figures of every finished run, kept")
+    ap.add_argument("--record-only", action="store_true", help="train nothing: record the finished runs under "
+                    "OUT and print the table")
     args = ap.parse_args(argv)
     out = args.out.resolve()
     data = build_data(out / "data")
@@ -139,19 +171,18 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or (1 if args.jobs > 1 else 2)
     from concurrent.futures import ThreadPoolExecutor
 
-    work = [(config, seed) for seed in args.seeds for config in configs]
+    work = [] if args.record_only else [(config, seed) for seed in args.seeds for config in configs]
     failed = 0
     with ThreadPoolExecutor(args.jobs) as pool:
         for name, rc, seconds in pool.map(lambda w: recipes.train_one(*w, train_args, threads), work):
             failed += rc != 0
             print(f"{name}: {'ok' if rc == 0 else f'exit {rc}'} ({seconds / 60:.1f} min)", flush=True)
-    text, figures = table(out, args.recipes, data["ood_dev"])
+            record(args.results, out, args.recipes, data["ood_dev"])
+    figures = record(args.results, out, args.recipes, data["ood_dev"])
     bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
-    print(f"\nshift benchmark (MiniLM proxy, budget 180,000; CPU {'with' if bf16 else 'without'} AVX512-BF16)\n")
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"recipes": figures, "cpu_avx512_bf16": bf16,
-                                         "overrides": args.set}, indent=2) + "\n")
+    print(f"\nshift benchmark (MiniLM proxy, budget 180,000; CPU {'with' if bf16 else 'without'} AVX512-BF16); "
+          f"figures from {args.results}\n")
+    print(table(figures, args.recipes))
     return 1 if failed else 0
 
 

@@ -19,8 +19,9 @@ STAGES = [
     ("lorabudget.hub", 0),
     ("lorabudget.metrics", 0),
     ("lorabudget.plots", 0),
-    # the extension tables: the vocabulary the config is written in (head types, adapter methods)
+    # the extension tables: the vocabulary the config is written in (head types, adapter methods, roles)
     ("lorabudget.model.heads", 1), ("lorabudget.model.head_modules", 1), ("lorabudget.model.methods", 1),
+    ("lorabudget.model.families", 1),
     ("lorabudget.config", 2),
     ("lorabudget.data", 3),
     ("lorabudget.model", 4),

@@ -164,8 +164,11 @@ CASES = {
         ("unpickling", "data.pkl"), rc=0, out="finished"),
     # ---- adapters and budget -----------------------------------------------------------------------------
     "unknown-target-module": Case(
-        lambda c: c.train("--set", "adapter.target_modules=[query,qkv]"),
-        ("adapter.target_modules", "'qkv'", "valid names", "attention.self.query", "intermediate.dense")),
+        lambda c: c.train("--set", "adapter.target_modules=[query,qkv_proj]"),
+        ("adapter.target_modules", "'qkv_proj'", "roles: query", "attention.self.query", "intermediate.dense")),
+    "role-the-family-lacks": Case(
+        lambda c: c.train("--set", "adapter.target_modules=[qkv]"),
+        ("adapter.target_modules", "no fused query/key/value projection", "roles it offers: query, key, value")),
     "layers-out-of-range": Case(
         lambda c: c.train("--set", "adapter.layers=[0,7]"),
         ("adapter.layers", "[7] out of range", "2 encoder layers")),

@@ -24,7 +24,7 @@ CHECK = textwrap.dedent("""
 
     model = sys.argv[1]
     cfg = build_config({"model": {"name": model}, "head": {"type": "tiny"}, "budget": 100000,
-                        "adapter": {"method": "vera", "r": 8, "target_modules": ["query", "value"]}})
+                        "adapter": {"method": "loha", "r": 8, "target_modules": ["query", "value"]}})
     shape = planner.model_shape(model, 4)
     counts = planner.count_allocation(shape, planner.allocation_from_config(cfg, shape))
     meta = planned_breakdown(cfg, 4)
@@ -45,16 +45,17 @@ def doc_blocks() -> list[str]:
 
 def test_the_worked_examples_are_one_entry_each_and_everything_reads_them(tiny_roberta):
     blocks = doc_blocks()
-    assert len(blocks) == 2 and 'HEADS["tiny"]' in blocks[0] and 'METHODS["vera"]' in blocks[1]
+    assert len(blocks) == 2 and 'HEADS["tiny"]' in blocks[0] and 'METHODS["loha"]' in blocks[1]
     script = "\n\n".join(blocks) + CHECK
     done = subprocess.run([sys.executable, "-c", script, str(tiny_roberta)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     total, groups, layers = out["arithmetic"]
-    hidden, labels, r = 32, 4, 8  # the tiny model's width, the classes, VeRA's rank
+    hidden, labels, r = 32, 4, 8  # the tiny model's width, the classes, LoHa's rank
+    per_layer = 2 * r * (hidden + hidden)  # two rank-r factor pairs of a hidden x hidden layer; 2 layers
     assert groups == {"head (classifier)": hidden * 16 + 16 + 16 * labels + labels,
-                      "vera attention.self.query": 2 * (r + hidden), "vera attention.self.value": 2 * (r + hidden)}
+                      "loha attention.self.query": 2 * per_layer, "loha attention.self.value": 2 * per_layer}
     assert out["meta"] == [total, groups, {str(k): v for k, v in layers.items()}]  # arithmetic == the built shape
     assert out["real"] == total  # and the real model agrees
     assert out["logits"] == [1, labels]

@@ -21,6 +21,7 @@ from lorabudget.config import build_config, layer_indices
 from lorabudget.errors import BudgetError
 from lorabudget.model.adapters import add_adapters
 from lorabudget.model.build import planned_breakdown
+from lorabudget.model.families import FAMILIES, ROLES
 from lorabudget.tools import planner
 
 PUBLISHED = {  # roberta-base, 4 labels, default head
@@ -143,7 +144,8 @@ def test_search_finds_the_published_allocations(roberta_base):
 # ---- property: arithmetic == built model, on random configs --------------------------------------------------
 
 TARGET_NAMES = ["query", "key", "value", "dense", "self.query", "attention.self.value", "attention.output.dense",
-                "intermediate.dense", "output.dense"]
+                "intermediate.dense", "output.dense", "attention_output", "ffn_in", "ffn_out"]
+BERT_ROLES = FAMILIES["bert"].roles  # roberta's are the same
 
 
 @st.composite
@@ -154,7 +156,10 @@ def adapter_and_head(draw, family: str):
     # rank_pattern keys: a target name, or the full name of an adapted module (the first matching key wins).
     # A target names the module of exactly its name where there is one, else those it is a dotted suffix of.
     def named(t):
-        return [t] if t in planner.LINEARS else [lin for lin in planner.LINEARS if lin.endswith("." + t)]
+        if t in ROLES:
+            return [BERT_ROLES[t]]
+        linears = tuple(BERT_ROLES.values())
+        return [t] if t in linears else [lin for lin in linears if lin.endswith("." + t)]
     hits = sorted({lin for t in targets for lin in named(t)})
     full = [f"{family}.encoder.layer.{i}.{lin}" for i in layer_indices(layers, 2) for lin in hits]
     pattern = draw(st.dictionaries(st.sampled_from(targets + full), st.integers(1, 9), max_size=3))
@@ -208,15 +213,16 @@ def test_rank_pattern_for_a_separate_ffn_output_rank(roberta_base):
     """'output.dense' names the FFN output alone: its rank must not reach attention.output.dense (peft alone
     would apply the key to both, as a suffix), and the FFN output can be adapted without the attention output."""
     base = config("roberta-base", {})
-    for ranks in [(("attention.output.dense", 4), ("output.dense", 8)),
-                  (("query", 4), ("value", 4), ("attention.output.dense", 4), ("output.dense", 16)),
-                  (("output.dense", 8),)]:
-        cand = planner.Candidate("linear", 32, "none", False, tuple(range(12)), "all 12", ranks)
+    for ranks in [(("attention_output", 4), ("ffn_out", 8)),
+                  (("query", 4), ("value", 4), ("attention_output", 4), ("ffn_out", 16)),
+                  (("ffn_out", 8),)]:
+        modules = tuple(roberta_base.roles[t] for t, _ in ranks)
+        cand = planner.Candidate("linear", 32, "none", False, tuple(range(12)), "all 12", ranks, "lora", modules)
         cfg = planner.candidate_config(base, roberta_base, 1_000_000, cand)
         breakdown = planner.verify(cfg, planner.count_allocation(roberta_base, cand.allocation()), 4)
         for target, r in ranks:
-            width = 768 + (3072 if target == "output.dense" else 768)
-            assert breakdown.groups[f"lora {planner.TARGETS[target][0]}"] == 12 * width * r
+            width = 768 + (3072 if target == "ffn_out" else 768)
+            assert breakdown.groups[f"lora {roberta_base.roles[target]}"] == 12 * width * r
 
 
 def test_a_wrong_count_fails_loudly(roberta_base):

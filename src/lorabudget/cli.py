@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", action="store_true", help="list every config field with its default and help")
     p.set_defaults(func=cmd_config)
 
-    from .tools.planner.search import HEURISTIC
+    from .tools.planner.search import HEURISTIC, VARIANTS
 
     p = sub.add_parser(
         "plan", help="exact trainable count of a config, or search the allocations that fit a budget (no weights)",
@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, model_help="search allocations for this model (name of a shipped config, local folder, or Hub "
                  "id); without it, count the config's own model")
     p.add_argument("--num-labels", type=int, help="classes of the head (default: data.label_names, else 4)")
-    p.add_argument("--methods", help="comma list of lora, dora (default both)")
+    p.add_argument("--methods", help=f"comma list of {', '.join(VARIANTS)} (adapter methods and LoRA's DoRA "
+                   "variant; default all)")
     p.add_argument("--modules", help="module types to combine: query, key, value, attention.output.dense, "
                    "intermediate.dense, output.dense (default all)")
     p.add_argument("--ranks", help="rank grid, per module type (default 4,8,16,32,64)")

@@ -26,6 +26,13 @@ def run_training(args, cfg, run, resume: bool) -> int:
                 print(f"speed     layers 0-{recipe.prefix - 1} train nothing: computed once and cached")
             print(f"schedule  {recipe.total_steps} steps ({recipe.steps_per_epoch}/epoch), evaluate every "
                   f"{recipe.eval_every}" + (f"; resuming at step {recipe.state.step}" if resume else ""))
+            o, levers = cfg.optim, []
+            if o.ema_decay is not None:
+                levers.append(f"EMA of the weights (decay {o.ema_decay}) evaluated and shipped")
+            if o.rdrop_alpha:
+                levers.append(f"R-Drop, alpha {o.rdrop_alpha} (two dropout passes per batch)")
+            if levers:
+                print("levers    " + "; ".join(levers) + " (no parameter added)")
 
     summary = train(cfg, run, resume=resume, on_ready=announce)
     if summary:

@@ -9,20 +9,24 @@ trained and was scored on, that identity stands in for the path, so runs on diff
 
 from __future__ import annotations
 
+from ..model.families import FAMILIES
 from ..model.heads import HEADS
+from ..model.methods import METHODS
 from .layers import canonical_layers
 from .loading import get_dotted
 from .schema import Config
 
+BERT_ROLE_OF = {module: role for role, module in FAMILIES["bert"].roles.items() if module != role}
 # Fields that are not part of a recipe (see the module's docstring)
 NOT_RECIPE = ("seed", "output_dir", "logging", "data.source")
 
 
 def effective_settings(cfg: Config, n_layers: int | None = None, precision: str | None = None) -> dict:
     """The config as a plain dict with the fields that have no effect blanked (None): `optim.epochs` under
-    `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `head.rank` for heads without one, and
-    `speed.prefix_cache_storage` (RAM or disk hold the same numbers). Two runs that train alike compare equal,
-    even when written by versions with other defaults for such fields.
+    `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `optim.ema_warmup` without
+    `optim.ema_decay`, `head.rank` for heads without one, and `speed.prefix_cache_storage` (RAM or disk hold the
+    same numbers). Two runs that train alike compare equal, even when written by versions with other defaults for
+    such fields.
 
     With the model's `n_layers` (a run's summary records it), `adapter.layers` is written one way: None for every
     layer, else the index list, so `top-half` and [3, 4, 5] on a 6-layer model compare equal. With the
@@ -39,10 +43,18 @@ def effective_settings(cfg: Config, n_layers: int | None = None, precision: str 
         out["optim"]["epochs"] = None
     if cfg.optim.warmup_steps is not None:
         out["optim"]["warmup_ratio"] = None
+    if cfg.optim.ema_decay is None:
+        out["optim"]["ema_warmup"] = None
     if not HEADS[cfg.head.type].uses_rank:
         out["head"]["rank"] = None
     if not HEADS[cfg.head.type].uses_pooling:
         out["head"]["pooling"] = None
+    # BERT-style module names and the roles that name them are one recipe ('output.dense' is 'ffn_out')
+    out["adapter"]["target_modules"] = [BERT_ROLE_OF.get(t, t) for t in out["adapter"]["target_modules"]]
+    out["adapter"]["rank_pattern"] = {BERT_ROLE_OF.get(k, k): r for k, r in out["adapter"]["rank_pattern"].items()}
+    for name in ("r", "alpha", "dropout", "target_modules"):  # those the adapter method does not read: VeRA has
+        if name not in METHODS[cfg.adapter.method].reads:  # no alpha, (IA)^3 no rank, LN tuning no targets
+            out["adapter"][name] = None
     return out
 
 

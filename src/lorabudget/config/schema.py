@@ -11,8 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..model.families import FAMILIES, ROLES
 from ..model.heads import DEFAULT_HEAD_RANK, HEADS
-from ..model.methods import METHODS
+from ..model.methods import METHODS, option_problem
 from .layers import RELATIVE_LAYERS
 
 DEFAULT_HUB_DATASET = "fancyzhx/ag_news"
@@ -120,7 +121,7 @@ class DataConfig(_Section):
 
 
 # Every linear layer inside a BERT / roberta encoder layer: attention q, k, v and output, FFN in and out.
-ALL_LINEAR = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+ALL_LINEAR = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")  # roles (model/families.py)
 
 
 class AdapterConfig(_Section):
@@ -130,14 +131,18 @@ class AdapterConfig(_Section):
     )
     # The defaults of the adapter, head and optimizer sections are configs/recommended-roberta-base.yaml: the
     # recipe that won the MiniLM study of docs/recipes.md, mapped to roberta-base (derived, not measured there).
-    r: int = Field(6, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix).")
+    r: int = Field(6, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix). "
+                   "VeRA: the rank of its shared projections (r + width per layer). Unused by ia3 and ln_tuning.")
     alpha: float = Field(12.0, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r "
                          "(alpha / sqrt(r) with rsLoRA).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
     target_modules: list[str] = Field(
         default_factory=lambda: list(ALL_LINEAR),
-        description="Linear layers inside each encoder layer to adapt (default: all six): 'query', 'key', 'value', "
-        "'attention.output.dense', 'intermediate.dense', 'output.dense' (suffixes of module names).",
+        description="Linear layers inside each encoder layer to adapt (default: all six), by role, which means the "
+        "same on every family: " + "; ".join(f"'{r}' ({what})" for r, what in ROLES.items()) + ". Roles are "
+        "mapped to each family's module names (" + "; ".join(f"{f.name}: {', '.join(f.roles.values())}"
+                                                           for f in FAMILIES.values()) + "). Exact module names "
+        "inside a layer, or their dotted suffixes, work too ('attention.output.dense').",
     )
     layers: list[int] | str | None = Field(
         None, description="Encoder layers to adapt: 'all' (or null; the recommended recipe), 'top-half' (the upper "
@@ -158,6 +163,12 @@ class AdapterConfig(_Section):
     )
     bias: Literal["none", "all", "lora_only"] = Field(
         "none", description="Which biases train: none, all biases of the model, or those of adapted layers."
+    )
+    train_layernorms: bool = Field(
+        False, description="Also train every LayerNorm inside the adapted layers (weight and bias, 2 x hidden each; "
+        "two per roberta / BERT layer) in full, beside the adapter method: LayerNorm tuning beside LoRA, VeRA or "
+        "(IA)^3. Counted as 'layernorm ...' in the budget, saved with the adapter. Not with method ln_tuning, "
+        "which trains exactly those.",
     )
 
     @field_validator("target_modules")
@@ -182,6 +193,13 @@ class AdapterConfig(_Section):
             if rank <= 0:
                 raise ValueError(f"rank for {key!r} must be > 0, got {rank}")
         return v
+
+    @model_validator(mode="after")
+    def _method_options(self) -> AdapterConfig:
+        problem = option_problem(self)  # an option the method does not have (DoRA on VeRA, say)
+        if problem:
+            raise ValueError(problem)
+        return self
 
 
 class HeadConfig(_Section):
@@ -221,6 +239,27 @@ class OptimConfig(_Section):
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="'balanced' weights the loss by inverse class frequency, for unbalanced data."
     )
+    loraplus_lr_ratio: float | None = Field(
+        None, ge=1, description="LoRA+ (Hayou et al. 2024): LoRA's B matrices learn at lr x this ratio (>= 1; 16 is "
+        "common, set with lr: peft suggests a plain-LoRA lr about halved), while A, DoRA magnitudes, biases, "
+        "LayerNorms and the head keep lr. For adapter.method=lora (with DoRA, rsLoRA or any init too). None: off.")
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="Keep an exponential moving average of the trainable weights, updated after "
+        "every optimizer step with this decay (typical: 0.999; see ema_warmup for the first steps). When set, "
+        "every evaluation, the best checkpoint, the shipped adapter (so evaluate, predict, export and "
+        "lorabudget.load) and self-training's pseudo-labels use the averaged weights; training itself goes on "
+        "from the raw ones. Adds no trainable parameter; checkpoints hold the average for an exact resume. "
+        "None: off.")
+    ema_warmup: bool = Field(
+        True, description="Warm the EMA decay up: min(ema_decay, (1 + n) / (10 + n)) at the n-th update, so the "
+        "average forgets the initial weights within tens of steps instead of thousands (until the cap, it spans "
+        "roughly the last n/9 steps). Ignored without ema_decay.")
+    rdrop_alpha: float = Field(
+        0.0, ge=0, description="R-Drop (Liang et al. 2021): each batch runs twice with different dropout masks "
+        "(one forward of the batch duplicated) and the loss is the mean cross-entropy of both plus rdrop_alpha "
+        "times the symmetric KL between their predictions (summed over classes, averaged over examples); the "
+        "paper uses 0.5-5 for classification. Needs dropout to act on (adapter.dropout, the encoder's); costs "
+        "about twice the compute of a step. Adds no trainable parameter. 0: off.")
 
 
 class EvalConfig(_Section):
@@ -346,4 +385,7 @@ class Config(_Section):
             raise ValueError("eval.min_delta >= 1 can never be met for the loss")
         if self.selftrain.rounds and not self.data.target_source:
             raise ValueError("selftrain.rounds needs data.target_source: the unlabelled texts to pseudo-label")
+        if self.optim.loraplus_lr_ratio is not None and not METHODS[self.adapter.method].loraplus:
+            raise ValueError(f"optim.loraplus_lr_ratio speeds up LoRA's B matrices; adapter.method="
+                             f"{self.adapter.method} has none: unset it or use adapter.method=lora")
         return self

@@ -10,17 +10,21 @@ from torch import nn
 
 from ..config import AdapterConfig, HeadConfig
 from ..errors import ModelError
+from .families import role_module
 from .heads import HeadSpec, apply_head
-from .methods import METHODS, REAL_WEIGHT_INITS
-from .targets import encoder_layout, exact_rank_pattern, resolve_targets
+from .methods import METHODS, REAL_WEIGHT_INITS, Placement
+from .targets import EncoderLayout, encoder_layout, exact_rank_pattern, resolve_targets
 
 
 @contextlib.contextmanager
 def quiet_peft_deprecations():
     """peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on
-    every build and load. It is peft's call, not something a user can act on, so it is silenced here only."""
+    every build and load; and LN tuning, which wraps LayerNorms by design, probes their in/out features and warns
+    of an 'unsupported layer type'. Both are peft's, not something a user can act on, so they are silenced here
+    only."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"Unsupported layer type .*LayerNorm", category=UserWarning)
         yield
 
 
@@ -33,13 +37,21 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, head_cfg: HeadConfig | st
     method = METHODS[cfg.method]
     head = apply_head(model, head_cfg)
     layout = encoder_layout(model)
-    targets = resolve_targets(layout, cfg)
+    targets = resolve_targets(layout, chosen_layers_only(layout, cfg))
+    linears = targets
+    norms = layer_norms(model, layout, targets) if method.norm_params or cfg.train_layernorms else []
+    if method.norm_params is not None:  # LN tuning adapts the LayerNorms of the chosen layers, no linear layer
+        targets = norms
+    # adapter.train_layernorms: peft trains those LayerNorms in full beside the method, as it trains the head, and
+    # saves them with the adapter; a merged export keeps the trained copies
+    saved = head.modules_to_save + (tuple(norms) if cfg.train_layernorms else ())
     if cfg.init in REAL_WEIGHT_INITS and any(p.is_meta for p in model.parameters()):
         # These inits decompose real weights; the parameter count does not depend on the init.
         if not meta_ok:
             raise ModelError(f"adapter.init={cfg.init} needs real weights, not a meta-device model")
         cfg = cfg.model_copy(update={"init": "default"})
-    peft_config = method.peft_config(cfg, targets, head.modules_to_save, exact_rank_pattern(targets, layout, cfg))
+    place = Placement(targets, saved, exact_rank_pattern(linears, layout, cfg), feedforward_outputs(layout, targets))
+    peft_config = method.peft_config(cfg, place)
     with quiet_peft_deprecations():
         peft_model = get_peft_model(model, peft_config)
     for name, _ in peft_model.named_parameters():
@@ -47,3 +59,53 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, head_cfg: HeadConfig | st
                                                                       for h in head.modules_to_save):
             raise ModelError(f"an adapter landed inside the head ({name}); this is a bug in target resolution")
     return peft_model, head, targets
+
+
+def chosen_layers_only(layout: EncoderLayout, cfg: AdapterConfig) -> AdapterConfig:
+    """The adapter section as resolve_targets should read it: for a method that reads no target_modules (LN
+    tuning) one linear layer per encoder layer stands in for them, so that the targets only say which layers
+    (checked as for any method), and target names another family would not have cannot fail the build."""
+    if "target_modules" in METHODS[cfg.method].reads:
+        return cfg
+    return cfg.model_copy(update={"target_modules": [layout.linear_names[0]]})
+
+
+def feedforward_outputs(layout: EncoderLayout, targets: list[str]) -> tuple[str, ...]:
+    """Of `targets`, the feed-forward output layers: the family's 'ffn_out' role (none on a family without one)."""
+    try:
+        ffn_out = role_module("ffn_out", layout.model_type)
+    except ValueError:
+        return ()
+    return tuple(t for t in targets if relative(layout, t) == ffn_out)
+
+
+def relative(layout: EncoderLayout, full: str) -> str:
+    """A module's name inside its encoder layer: 'roberta.encoder.layer.3.output.dense' -> 'output.dense'."""
+    return full[len(layout.prefix) + 1:].split(".", 1)[1]
+
+
+def layer_norms(model: nn.Module, layout: EncoderLayout, targets: list[str]) -> list[str]:
+    """Full names of the LayerNorms inside the encoder layers that `targets` adapt, in layer order."""
+    layers = sorted({int(t[len(layout.prefix) + 1:].split(".", 1)[0]) for t in targets})
+    names = [f"{layout.prefix}.{i}.{name}" for i in layers
+             for name, module in model.get_submodule(f"{layout.prefix}.{i}").named_modules()
+             if isinstance(module, nn.LayerNorm)]
+    if not names:
+        raise ModelError(f"the encoder layers of {type(model).__name__} hold no LayerNorm to train")
+    return names
+
+
+def merge_into_base(peft_model) -> nn.Module:
+    """The plain model, adapters merged into its weights (peft's merge_and_unload), the modules trained in full
+    (the head, adapter.train_layernorms' LayerNorms) as trained. Those are unwrapped first: peft 0.21's generic
+    unload, which VeRA and (IA)^3 use, copies `.weight` from each wrapper onto the module it unwraps, and fails on
+    a module without one, such as roberta's classification head (huggingface/peft#3213)."""
+    from peft.utils import ModulesToSaveWrapper
+
+    base = peft_model.get_base_model()
+    for name, module in list(base.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            trained = module.unload_and_optionally_merge_module(merge=True, safe_merge=False, adapter_names=None)
+            setattr(base.get_submodule(parent) if parent else base, child, trained)
+    return peft_model.merge_and_unload()

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import BudgetError
 from .methods import METHODS, parameter_group
 
-_LAYER = re.compile(r"\.layer\.(\d+)\.")
+_LAYER = re.compile(r"\.layers?\.(\d+)\.")  # BERT-style '.layer.3.', ModernBERT's '.layers.3.'
 # The adapter groups' first words in the order they are listed ('lora' before 'dora magnitude')
 _ADAPTER_KINDS = list(dict.fromkeys(kind for method in METHODS.values() for kind in method.kinds.values()))
 

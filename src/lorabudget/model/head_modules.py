@@ -128,29 +128,68 @@ def head_settings(model) -> tuple[float, float, torch.device]:
     return dropout, getattr(config, "initializer_range", 0.02), next(model.classifier.parameters()).device
 
 
-def install_linear(model, family: str, rank: int, pooling: str = "cls") -> None:
-    """One output layer on the pooled token states. BERT's classifier is already one linear layer on the pooled
-    output; a pooler that only pools (no dense, no tanh) leaves exactly that."""
+class LowRankTanh(nn.Module):
+    """tanh of a rank-k dense layer on one vector per text: ModernBERT's prediction head's place, after the
+    model's own pooling."""
+
+    def __init__(self, hidden_size: int, rank: int):
+        super().__init__()
+        self.dense = LowRankDense(hidden_size, rank)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(pooled))
+
+
+def output_layer(model, hidden_size: int, std: float) -> nn.Linear:
+    """The family's classifier when it reads a hidden-wide vector, else a fresh one that does (DeBERTa's reads
+    `pooler_hidden_size`, which a config may set apart from the hidden size)."""
+    if model.classifier.in_features == hidden_size:
+        return model.classifier
+    layer = nn.Linear(hidden_size, model.config.num_labels)
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def install_linear(model, style: str, rank: int, pooling: str = "cls") -> None:
+    """One output layer on the pooled token states, put where the family's head `style` says
+    (families.Family.head_style). Where the model keeps its own output layer behind a pooler (BERT, DeBERTa,
+    ModernBERT), a pooler that only pools (no dense, no tanh) leaves exactly that."""
     dropout, std, device = head_settings(model)
+    hidden = model.config.hidden_size
     with torch.device(device):
-        if family == "roberta":
-            model.classifier = FirstTokenLinear(model.config.hidden_size, model.config.num_labels, dropout, std,
-                                                pooling)
+        if style == "classifier":
+            model.classifier = FirstTokenLinear(hidden, model.config.num_labels, dropout, std, pooling)
             watch_mask(model, model.classifier.pool)
-        else:
+        elif style == "pooler":
             model.base_model.pooler = TokenPooling(pooling)
             watch_mask(model, model.base_model.pooler)
+        elif style == "top_pooler":
+            model.pooler = TokenPooling(pooling)
+            model.classifier = output_layer(model, hidden, std)
+            watch_mask(model, model.pooler)
+        else:  # 'prediction_head': the model pools by its config (with the mask), then runs its head
+            model.config.classifier_pooling = pooling
+            model.head = nn.Identity()
 
 
-def install_lowrank(model, family: str, rank: int, pooling: str = "cls") -> None:
-    """roberta: its head with the dense layer factored through rank k. BERT: the pooler's place (pooled tokens ->
-    rank-k dense -> tanh), BERT's own classifier behind it."""
+def install_lowrank(model, style: str, rank: int, pooling: str = "cls") -> None:
+    """The pooled tokens through a rank-k dense layer and tanh, then the output layer. roberta-style: its own
+    head with the dense layer factored; BERT and DeBERTa: in the pooler's place; ModernBERT: in its prediction
+    head's place."""
     dropout, std, device = head_settings(model)
+    hidden = model.config.hidden_size
     with torch.device(device):
-        if family == "roberta":
-            model.classifier = FirstTokenLowRank(model.config.hidden_size, rank, model.config.num_labels, dropout,
-                                                 std, pooling)
+        if style == "classifier":
+            model.classifier = FirstTokenLowRank(hidden, rank, model.config.num_labels, dropout, std, pooling)
             watch_mask(model, model.classifier.pool)
-        else:
-            model.base_model.pooler = LowRankPooler(model.config.hidden_size, rank, pooling)
+        elif style == "pooler":
+            model.base_model.pooler = LowRankPooler(hidden, rank, pooling)
             watch_mask(model, model.base_model.pooler.pool)
+        elif style == "top_pooler":
+            model.pooler = LowRankPooler(hidden, rank, pooling)
+            model.classifier = output_layer(model, hidden, std)
+            watch_mask(model, model.pooler.pool)
+        else:  # 'prediction_head'
+            model.config.classifier_pooling = pooling
+            model.head = LowRankTanh(hidden, rank)

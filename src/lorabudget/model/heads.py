@@ -19,32 +19,34 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ModelError
+from .families import FAMILIES, family_key
 from .head_modules import (
     FirstTokenLinear,
     FirstTokenLowRank,
     LowRankDense,
     LowRankPooler,
+    LowRankTanh,
     MaskSlot,
     TokenPooling,
     head_settings,
     install_linear,
     install_lowrank,
+    output_layer,
     watch_mask,
 )
 
-ROBERTA_LIKE = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
-BERT_LIKE = {"bert"}
 DEFAULT_HEAD_RANK = 32
-FAMILY_NAMES = {"roberta": "roberta", "bert": "BERT"}  # as people write them
 
 
 @dataclass(frozen=True)
 class Head:
     description: str
-    families: tuple[str, ...] | None  # model families that offer it; None: every family
-    params: Callable[[str, int, int, int], dict[str, int]]  # (family, hidden, labels, rank) -> {group: count}
-    trains: Callable[[str], tuple[str, ...]] = lambda family: ()  # modules besides the classifier, in full
-    install: Callable[[nn.Module, str, int, str], None] | None = None  # (model, family, rank, pooling); None:
+    families: tuple[str, ...] | None  # FAMILIES keys that offer it; None: every family
+    # (style, hidden, labels, rank) -> {group: count}, the style being the family's `head_style`; None: the
+    # model class's own head, counted on the built model (model_shape reads it off a meta-device build)
+    params: Callable[[str, int, int, int], dict[str, int]] | None
+    trains: Callable[[str], tuple[str, ...]] = lambda style: ()  # modules besides the classifier, in full
+    install: Callable[[nn.Module, str, int, str], None] | None = None  # (model, style, rank, pooling); None:
     # the model class's own head
     exported: tuple = ()  # classes and functions a merged export's modeling file carries (custom heads only)
     unavailable_hint: str = ""  # said when a family does not offer it
@@ -69,46 +71,51 @@ def _low_rank_dense(hidden: int, rank: int) -> int:
     return 2 * hidden * rank + hidden  # hidden -> k (no bias) -> hidden (bias)
 
 
-def _default_params(family: str, hidden: int, labels: int, rank: int) -> dict[str, int]:
-    # roberta's head holds a dense layer before its output layer; BERT's output layer sits behind a frozen pooler
-    dense = _dense(hidden) if family == "roberta" else 0
-    return {"head (classifier)": dense + _out_layer(hidden, labels)}
-
-
-def _pooler_params(family: str, hidden: int, labels: int, rank: int) -> dict[str, int]:
+def _pooler_params(style: str, hidden: int, labels: int, rank: int) -> dict[str, int]:
     return {"head (classifier)": _out_layer(hidden, labels), "head (pooler)": _dense(hidden)}
 
 
-def _linear_params(family: str, hidden: int, labels: int, rank: int) -> dict[str, int]:
+def _linear_params(style: str, hidden: int, labels: int, rank: int) -> dict[str, int]:
     return {"head (classifier)": _out_layer(hidden, labels)}
 
 
-def _lowrank_params(family: str, hidden: int, labels: int, rank: int) -> dict[str, int]:
-    if family == "bert":  # the pooler's place, BERT's own classifier behind it
-        return {"head (classifier)": _out_layer(hidden, labels), "head (pooler)": _low_rank_dense(hidden, rank)}
+_LOWRANK_HOLDER = {"pooler": "pooler", "top_pooler": "pooler", "prediction_head": "head"}  # style -> module
+
+
+def _lowrank_params(style: str, hidden: int, labels: int, rank: int) -> dict[str, int]:
+    if style in _LOWRANK_HOLDER:  # the factored dense layer sits in a module of its own, the classifier behind it
+        return {"head (classifier)": _out_layer(hidden, labels),
+                f"head ({_LOWRANK_HOLDER[style]})": _low_rank_dense(hidden, rank)}
     return {"head (classifier)": _low_rank_dense(hidden, rank) + _out_layer(hidden, labels)}
 
 
-_CUSTOM_CODE = (head_settings, MaskSlot, TokenPooling, watch_mask)
+def _lowrank_trains(style: str) -> tuple[str, ...]:
+    return (_LOWRANK_HOLDER[style],) if style in _LOWRANK_HOLDER else ()
+
+
+_OWN_HEADS = tuple(key for key, fam in FAMILIES.items() if fam.head_style is not None)
+_CUSTOM_CODE = (head_settings, output_layer, MaskSlot, TokenPooling, watch_mask)
 
 HEADS: dict[str, Head] = {
     "default": Head(
-        "the model class's own head (roberta: dense 768x768 + output, 593,668; BERT: the output layer behind a "
-        "frozen pooler)", None, _default_params),
+        "the model class's own head, counted on the built model (roberta, MPNet, ELECTRA: dense 768x768 + "
+        "output, 593,668; BERT: the output layer behind a frozen pooler; DistilBERT: pre_classifier + classifier; "
+        "DeBERTa: pooler + classifier; ModernBERT: its prediction head + classifier)", None, None),
     "pooler": Head(
         "BERT-style models only: BERT's own head, with its pooler trained too", ("bert",), _pooler_params,
-        trains=lambda family: ("pooler",),
+        trains=lambda style: ("pooler",),
         unavailable_hint=" (roberta's 'default' head already holds the dense layer that plays its part)"),
     "linear": Head(
-        "one output layer on the pooled tokens (`head.pooling`)", ("roberta", "bert"), _linear_params,
+        "one output layer on the pooled tokens (`head.pooling`)", _OWN_HEADS, _linear_params,
         install=install_linear, exported=(*_CUSTOM_CODE, FirstTokenLinear, install_linear), uses_pooling=True,
         unavailable_hint="; set head.type=default for the model class's own head"),
     "lowrank": Head(
         "pooled tokens (`head.pooling`) -> dense factored through rank `head.rank` (hidden -> k -> hidden) -> "
         "tanh -> output layer (for BERT it replaces the pooler); roberta-base, k=32, 4 classes: 52,996",
-        ("roberta", "bert"), _lowrank_params, trains=lambda family: ("pooler",) if family == "bert" else (),
+        _OWN_HEADS, _lowrank_params, trains=_lowrank_trains,
         install=install_lowrank,
-        exported=(*_CUSTOM_CODE, LowRankDense, FirstTokenLowRank, LowRankPooler, install_lowrank), uses_rank=True,
+        exported=(*_CUSTOM_CODE, LowRankDense, FirstTokenLowRank, LowRankPooler, LowRankTanh,
+                  install_lowrank), uses_rank=True,
         uses_pooling=True,
         unavailable_hint="; set head.type=default for the model class's own head"),
 }
@@ -124,15 +131,27 @@ class HeadSpec:
 
 
 def model_family(config) -> str:
-    if config.model_type in ROBERTA_LIKE:
-        return "roberta"
-    if config.model_type in BERT_LIKE:
-        return "bert"
-    return config.model_type
+    """The FAMILIES key of a model's configuration (its model_type when no entry knows it)."""
+    return family_key(config.model_type)
 
 
-def head_module_names(model) -> tuple[str, ...]:
-    """Names of the modules the default head consists of ('classifier' or 'score')."""
+def head_style(config) -> str | None:
+    family = FAMILIES.get(model_family(config))
+    return family.head_style if family is not None else None
+
+
+def own_head_modules(model) -> tuple[str, ...]:
+    """The modules of the model class's own head: those beside the encoder that hold parameters ('classifier';
+    DistilBERT's 'pre_classifier' too, DeBERTa's 'pooler', ModernBERT's 'head')."""
+    encoder = model.base_model
+    names = tuple(n for n, child in model.named_children()
+                  if child is not encoder and any(True for _ in child.parameters()))
+    if not names:
+        raise ModelError(f"{type(model).__name__} has no classification head beside its encoder to train")
+    return names
+
+
+def _classifier_name(model) -> tuple[str, ...]:
     names = [n for n in ("classifier", "score") if isinstance(getattr(model, n, None), nn.Module)]
     if not names:
         raise ModelError(f"{type(model).__name__} has no 'classifier' or 'score' module to train as a head")
@@ -149,8 +168,10 @@ def check_family(head_type: str, family: str, model_type: str) -> Head:
     """The head's entry, or a ModelError saying which families offer it."""
     head = lookup(head_type)
     if head.families is not None and family not in head.families:
-        offered = "- and ".join(FAMILY_NAMES.get(f, f) for f in head.families)  # 'roberta- and BERT'
-        raise ModelError(f"head.type={head_type} is available for {offered}-style models, not {model_type!r}"
+        offered = ", ".join(FAMILIES[f].name if f in FAMILIES else f for f in head.families)
+        why = f" ({FAMILIES[family].no_own_heads_why})" if family in FAMILIES and FAMILIES[family].no_own_heads_why \
+            else ""
+        raise ModelError(f"head.type={head_type} is available for {offered}; not for {model_type!r}{why}"
                          f"{head.unavailable_hint}")
     return head
 
@@ -166,12 +187,15 @@ def apply_head(model, head_cfg) -> HeadSpec:
         head_type, rank, pooling = head_cfg.type, head_cfg.rank, head_cfg.pooling
     family = model_family(model.config)
     head = check_family(head_type, family, model.config.model_type)
-    classifier = head_module_names(model)
+    if head.params is None:  # the model class's own head, whatever it consists of
+        return HeadSpec(head_type, own_head_modules(model), head.stock_loadable)
+    style = head_style(model.config) or ""
+    classifier = _classifier_name(model)
     if head.install is not None:
-        head.install(model, family, rank, pooling)
+        head.install(model, style, rank, pooling)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in head.trains(family) if m not in present]
+    missing = [m for m in head.trains(style) if m not in present]
     if missing:
         raise ModelError(f"head.type={head_type} trains the {missing[0]!r} module, which this "
                          f"{model.config.model_type!r} model does not have")
-    return HeadSpec(head_type, classifier + head.trains(family), head.stock_loadable)
+    return HeadSpec(head_type, classifier + head.trains(style), head.stock_loadable)

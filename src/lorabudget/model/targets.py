@@ -1,6 +1,7 @@
 """Where the adapters go: the config's target names resolved to exact module names inside the chosen layers.
 
-Target names from the config ('query', 'attention.output.dense') are resolved here to the exact module names
+Target names from the config are roles ('query', 'ffn_in': the same on every family, see families.py) or module
+names ('attention.output.dense'). They are resolved here to the exact module names
 inside the chosen encoder layers, and peft gets that explicit list. Two traps of plain peft are closed that way:
 indices in `layers_to_transform` beyond the model's depth are silently ignored by peft, and a short pattern such
 as 'dense' also matches the head's own layers (roberta's `classifier.dense`, BERT's `pooler.dense`), which then get
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..config import AdapterConfig, layer_indices
 from ..errors import ModelError
+from .families import ROLES, role_module
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class EncoderLayout:
     prefix: str  # e.g. 'roberta.encoder.layer'
     n_layers: int
     linear_names: tuple[str, ...]  # linear modules inside one layer, relative to it
+    model_type: str = ""  # the configuration's, which says what the roles are called
 
 
 def encoder_layout(model: nn.Module) -> EncoderLayout:
@@ -36,7 +39,7 @@ def encoder_layout(model: nn.Module) -> EncoderLayout:
         raise ModelError(f"cannot find the encoder layers of {type(model).__name__}")
     name, layers = best
     linears = tuple(n for n, m in layers[0].named_modules() if isinstance(m, nn.Linear))
-    return EncoderLayout(name, len(layers), linears)
+    return EncoderLayout(name, len(layers), linears, model.config.model_type)
 
 
 def _matches(module_name: str, target: str) -> bool:
@@ -50,15 +53,25 @@ def _hits(names: tuple[str, ...] | list[str], target: str) -> list[str]:
     return exact or [n for n in names if _matches(n, target)]
 
 
+def module_name(layout: EncoderLayout, target: str, field: str = "adapter.target_modules") -> str:
+    """A role as this family calls it; a module name as it is."""
+    if target not in ROLES:
+        return target
+    try:
+        return role_module(target, layout.model_type)
+    except ValueError as exc:
+        raise ModelError(f"{field}: {exc}") from None
+
+
 def resolve_targets(layout: EncoderLayout, cfg: AdapterConfig) -> list[str]:
     """Full module names to adapt, in layer order; unknown names and out-of-range layers are errors."""
     valid = ", ".join(layout.linear_names)
     per_layer = []
     for target in cfg.target_modules:
-        hits = _hits(layout.linear_names, target)
+        hits = _hits(layout.linear_names, module_name(layout, target))
         if not hits:
             raise ModelError(f"adapter.target_modules: {target!r} names no linear layer of an encoder layer; "
-                             f"valid names: {valid}")
+                             f"roles: {', '.join(ROLES)}; module names: {valid}")
         per_layer.extend(h for h in hits if h not in per_layer)
     layers = layer_indices(cfg.layers, layout.n_layers)
     bad = [i for i in layers if not 0 <= i < layout.n_layers]
@@ -71,6 +84,7 @@ def resolve_targets(layout: EncoderLayout, cfg: AdapterConfig) -> list[str]:
         raise ModelError("adapter.layers is empty: name at least one layer")
     targets = [f"{layout.prefix}.{i}.{n}" for i in sorted(layers) for n in per_layer]
     for key in cfg.rank_pattern:
+        key = module_name(layout, key, "adapter.rank_pattern")
         if not _hits(per_layer, key) and not _hits(targets, key):
             raise ModelError(f"adapter.rank_pattern: {key!r} matches no adapted module; adapted: "
                              f"{', '.join(per_layer)}")
@@ -87,6 +101,7 @@ def exact_rank_pattern(targets: list[str], layout: EncoderLayout, cfg: AdapterCo
     per_layer = sorted({relative(t) for t in targets})
     resolved: dict[str, int] = {}
     for key, rank in cfg.rank_pattern.items():
+        key = module_name(layout, key, "adapter.rank_pattern")
         names = set(_hits(per_layer, key))
         for full in [t for t in targets if relative(t) in names] or _hits(targets, key):
             resolved.setdefault(full, rank)

@@ -18,7 +18,7 @@ from ..config import Config, load_config
 from ..data import LabelSpace
 from ..data.normalize import normalize_texts
 from ..errors import DamagedFileError, RunDirError
-from ..model.adapters import quiet_peft_deprecations
+from ..model.adapters import merge_into_base, quiet_peft_deprecations
 from ..model.backbone import load_pretrained, load_tokenizer
 from ..model.build import build_adapted_model
 from ..model.heads import apply_head
@@ -78,7 +78,7 @@ class Classifier:
             peft_model = load_best_checkpoint(self.config, self.labels, run)
             self.checkpoint = read_json(run.best / "meta.json", "the run is still being written: try again")
         # Merged weights: inference costs what the plain model costs, with no adapter matmuls on the side.
-        self.model = peft_model.merge_and_unload()
+        self.model = merge_into_base(peft_model)
         self.model.eval()
         self.device = inference_device(device or self.config.model.device)
         self.model.to(self.device)

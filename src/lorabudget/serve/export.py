@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RunDirError
-from ..model.heads import HEADS, model_family
+from ..model.heads import HEADS, head_style, model_family
 from ..rundir import follow_umask, open_finished, remove_quietly, replace_dir, writing
 from .api import Classifier
 
@@ -62,7 +62,7 @@ class {name}({base}):
     def __init__(self, config):
         super().__init__(config)
         head = config.lorabudget_head
-        {install}(self, head["family"], head["rank"], head["pooling"])
+        {install}(self, head["style"], head["rank"], head["pooling"])
 '''
 
 
@@ -110,12 +110,12 @@ def _save_merged(clf: Classifier, tmp: Path, custom: bool) -> None:
     if custom:
         base = type(model).__name__
         name = f"Lorabudget{base}"
-        model.config.lorabudget_head = {"family": model_family(model.config), "type": head.type, "rank": head.rank,
+        model.config.lorabudget_head = {"style": head_style(model.config), "type": head.type, "rank": head.rank,
                                           "pooling": head.pooling}
         model.config.auto_map = {"AutoModelForSequenceClassification": f"modeling_lorabudget.{name}"}
         model.config.architectures = [name]
     model.save_pretrained(str(tmp), safe_serialization=True)
     if custom:
-        source = _modeling_source(model.config.lorabudget_head["family"], head.type, base, name)
+        source = _modeling_source(model_family(model.config), head.type, base, name)
         (tmp / "modeling_lorabudget.py").write_text(source)
     clf.tokenizer.save_pretrained(str(tmp))

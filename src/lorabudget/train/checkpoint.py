@@ -1,4 +1,5 @@
-"""Checkpoints: the trainable weights (safetensors), optimizer and scheduler state, random state and loop state.
+"""Checkpoints: the trainable weights (safetensors), optimizer and scheduler state, random state and loop state, and
+any further state a recipe keeps in safetensors (the weight average of optim.ema_decay, `ema.safetensors`).
 
 A checkpoint folder is written beside its final place and swapped in whole, so a kill at any moment leaves a
 complete checkpoint. Two generations are kept, `last` and `previous`: when `last` is damaged (a disk that failed
@@ -64,8 +65,10 @@ def save_weights(model: torch.nn.Module, folder: Path, meta: dict[str, Any] | No
         raise
 
 
-def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, loop_state: dict[str, Any]) -> None:
-    """`folder` (checkpoints/last) is replaced; the one it replaces becomes checkpoints/previous."""
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, loop_state: dict[str, Any],
+                    tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+    """`folder` (checkpoints/last) is replaced; the one it replaces becomes checkpoints/previous. `tensors`: further
+    state by file name (the weight average, `ema.safetensors`), each written as safetensors."""
     optim = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, optim)
     rng = {"cpu": torch.get_rng_state()}
@@ -75,7 +78,9 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, 
     tmp = _staged(folder)
     try:
         _write_files(tmp, {WEIGHTS: state_bytes(trainable_state(model)), "optimizer.pt": optim.getvalue(),
-                           "rng.safetensors": state_bytes(rng)}, {"state.json": loop_state})
+                           "rng.safetensors": state_bytes(rng),
+                           **{name: state_bytes(state) for name, state in (tensors or {}).items()}},
+                     {"state.json": loop_state})
         previous = previous_of(folder)
         with writing(folder):
             remove_quietly(previous)
@@ -104,8 +109,9 @@ def newest_state(last: Path) -> dict | None:
     return None
 
 
-def _read_checkpoint(folder: Path, way_out: str) -> dict[str, Any]:
-    """Everything in a checkpoint, read and checked before any of it is applied."""
+def _read_checkpoint(folder: Path, way_out: str, tensor_files=()) -> dict[str, Any]:
+    """Everything in a checkpoint, read and checked before any of it is applied; of `tensor_files`, those that the
+    checkpoint holds (None for one it does not: the caller says what that means)."""
     if not folder.is_dir():
         raise DamagedFileError(f"{folder} is missing", way_out)
     verify(folder, way_out)
@@ -115,24 +121,31 @@ def _read_checkpoint(folder: Path, way_out: str) -> dict[str, Any]:
         raise DamagedFileError(f"{folder / 'optimizer.pt'} is damaged ({str(exc)[:120]})", way_out) from None
     return {"weights": read_safetensors(folder / WEIGHTS, way_out), "optimizer": opt,
             "rng": read_safetensors(folder / "rng.safetensors", way_out),
-            "state": read_json(folder / "state.json", way_out)}
+            "state": read_json(folder / "state.json", way_out),
+            "tensors": {name: read_safetensors(folder / name, way_out) if (folder / name).is_file() else None
+                        for name in tensor_files}, "folder": folder}
 
 
 def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler, run_path: Path,
-                    say: Callable[[str], None] = print) -> dict[str, Any]:
+                    say: Callable[[str], None] = print,
+                    tensors: dict[str, Callable[..., None]] | None = None) -> dict[str, Any]:
     """The loop state of checkpoints/last, its weights, optimizer, schedule and random state applied; when last
-    is damaged or missing, checkpoints/previous, with a warning."""
+    is damaged or missing, checkpoints/previous, with a warning. `tensors`: file name -> load(state or None, path,
+    way_out) for further state saved with `save_checkpoint(tensors=...)`, called first (it may refuse)."""
     way_out = (f"start the run again: `lorabudget train -c {run_path / 'config.yaml'} --output-dir {run_path} "
                "--overwrite`")
+    tensors = tensors or {}
     try:
-        ckpt = _read_checkpoint(folder, way_out)
+        ckpt = _read_checkpoint(folder, way_out, tuple(tensors))
     except DamagedFileError as damaged:
         previous = previous_of(folder)
         if not previous.is_dir():
             raise
-        ckpt = _read_checkpoint(previous, f"both checkpoints are damaged; {way_out}")
+        ckpt = _read_checkpoint(previous, f"both checkpoints are damaged; {way_out}", tuple(tensors))
         say(f"warning: {damaged.what}\nwarning: resuming from the previous checkpoint instead (step "
             f"{ckpt['state']['step']})")
+    for name, load in tensors.items():
+        load(ckpt["tensors"][name], ckpt["folder"] / name, way_out)
     load_trainable_state(model, ckpt["weights"])
     optimizer.load_state_dict(ckpt["optimizer"]["optimizer"])
     scheduler.load_state_dict(ckpt["optimizer"]["scheduler"])

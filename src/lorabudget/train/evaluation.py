@@ -28,6 +28,7 @@ class LoopState:
     stopped_by: str | None = None  # None, or "callback" when on_evaluate asked to stop
     window_loss: float = 0.0  # training loss summed since the last logged step: a resume logs the same mean
     window_n: int = 0
+    window_kl: float = 0.0  # R-Drop's KL term summed over the same window (optim.rdrop_alpha > 0)
     round: int = 0  # self-training round (0: the supervised phase)
     round_start: int = 0  # the step the round began at
 

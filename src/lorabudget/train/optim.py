@@ -12,6 +12,7 @@ import torch
 from ..config import OptimConfig
 from ..errors import ConfigError
 from ..model.budget import trained_parameters
+from ..model.methods import LORAPLUS_KINDS, UNDECAYED_KINDS, parameter_kind
 
 
 def lr_lambda(kind: str, warmup: int, total: int):
@@ -29,12 +30,23 @@ def lr_lambda(kind: str, warmup: int, total: int):
     return f
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices (adapter and head weights); leave biases, norms and DoRA magnitudes undecayed."""
-    decay, no_decay = [], []
-    for _, p in trained_parameters(model):
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float,
+                 loraplus_lr_ratio: float | None = None) -> list[dict]:
+    """Decay matrices (adapter and head weights); leave biases, norms, DoRA magnitudes and the scales a method
+    holds as matrices ((IA)^3's) undecayed. With LoRA+ (`loraplus_lr_ratio`), LoRA's B matrices form a third
+    group, decayed, at lr x the ratio: the schedule scales every group's own peak alike."""
+    decay, no_decay, fast = [], [], []
+    for name, p in trained_parameters(model):
+        kind = parameter_kind(name)
+        if loraplus_lr_ratio is not None and kind in LORAPLUS_KINDS:
+            fast.append(p)
+        else:
+            (decay if p.ndim >= 2 and kind not in UNDECAYED_KINDS else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    if loraplus_lr_ratio is not None:  # only then: a run without it keeps the two groups its checkpoints hold
+        groups.append({"params": fast, "weight_decay": weight_decay, "lr": lr * loraplus_lr_ratio})
+    return groups
 
 
 def class_weight_tensor(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -66,7 +78,8 @@ def plan_schedule(o: OptimConfig, micro_per_epoch: int, rows: int, world: int) -
 
 def make_optimizer(model: torch.nn.Module, o: OptimConfig, schedule: Schedule):
     """AdamW over what trains, and its learning-rate schedule (stepped by hand once per optimizer step)."""
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay, o.lr, o.loraplus_lr_ratio), lr=o.lr,
+                                  betas=o.betas, eps=o.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.scheduler, schedule.warmup,
                                                                        schedule.total_steps))
     return optimizer, scheduler

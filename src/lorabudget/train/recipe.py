@@ -15,7 +15,6 @@ from functools import partial
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import Config
@@ -25,7 +24,9 @@ from ..runtime.batching import TokenBatches
 from ..runtime.forward import forward_logits
 from ..runtime.precision import DTYPES, autocast
 from .accelerator import make_accelerator
+from .averaging import evaluated_weights, make_ema
 from .evaluation import scores_of_every_set
+from .losses import training_loss, warn_without_dropout
 from .optim import class_weight_tensor, make_optimizer, plan_schedule
 from .run_files import checkpoint, evaluate_and_checkpoint, finish_run, log_train_loss, resume_run, start_run
 from .selftrain import begin_next_round, prepare_target, rebuild_round
@@ -78,6 +79,11 @@ class TrainingRecipe:
         # dynamic=True: length buckets change the sequence length every batch; one graph serves them all.
         self.train_forward = torch.compile(self.model, dynamic=True) if self.compiled else self.model
         self.forward = partial(forward_logits, inner=self.inner)
+        # Both regularisers add no parameter: the weight average (None when off) and the loss, R-Drop's when on.
+        self.ema = make_ema(acc.unwrap_model(self.model), cfg.optim)
+        self.loss = partial(training_loss, forward=self.forward, device=self.device, weight=self.class_weights,
+                            label_smoothing=cfg.optim.label_smoothing, rdrop_alpha=cfg.optim.rdrop_alpha)
+        warn_without_dropout(cfg.optim.rdrop_alpha, model, self.inner, self.prefix, self.say)
         self.eval_every = cfg.eval.every_steps or self.schedule.steps_per_epoch
         if self.resume:
             rebuild_round(self)  # a run killed in a self-training round: that round's data, schedule, optimizer
@@ -120,27 +126,29 @@ class TrainingRecipe:
                 batches = self._epoch_batches(st.epoch)
             first = st.step_in_epoch * o.grad_accum
             micro = batches[first:first + o.grad_accum]
-            step_loss = 0.0
+            step_loss = step_kl = 0.0
             for i, index in enumerate(micro):
                 batch = self.train_source.batch(index)
                 # DDP averages gradients only on the last micro-batch of an accumulation window
                 sync = acc.no_sync(model) if i < len(micro) - 1 else nullcontext()
                 with sync, autocast(self.device, self.dtype):
-                    logits = self.forward(self.train_forward, batch, self.device)
-                    loss = F.cross_entropy(logits.float(), batch["labels"].to(self.device), weight=self.class_weights,
-                                           label_smoothing=o.label_smoothing)
+                    loss, kl = self.loss(self.train_forward, batch)
                     acc.backward(loss / len(micro))
                 step_loss += loss.item() / len(micro)
+                step_kl += 0.0 if kl is None else kl.item() / len(micro)
                 st.samples += len(index) * self.world
             check_finite(self, step_loss)
             if o.max_grad_norm is not None:
                 acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], o.max_grad_norm)
             optimizer.step()
+            if self.ema is not None:
+                self.ema.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             st.step += 1
             st.step_in_epoch += 1
             st.window_loss, st.window_n = st.window_loss + step_loss, st.window_n + 1
+            st.window_kl += step_kl
             bar.update(1)
 
             if st.step % cfg.logging.every_steps == 0 or st.step == self.total_steps:
@@ -159,7 +167,8 @@ class TrainingRecipe:
         bar.close()
 
     def validate(self) -> dict:
-        return scores_of_every_set(self)
+        with evaluated_weights(self):  # the weight average when the run keeps one
+            return scores_of_every_set(self)
 
     # ---- finish --------------------------------------------------------------------------------------------
     def _finish(self) -> dict:

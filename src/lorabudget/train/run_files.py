@@ -14,6 +14,7 @@ from ..config import dump_config
 from ..model.weights import load_weights
 from ..rundir import RunDir, atomic_write_json, atomic_write_text, follow_umask, remove_quietly, replace_dir, writing
 from ..version import __version__
+from .averaging import EMA_FILE, evaluated_weights
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .evaluation import LoopState, evaluation_record, record
 from .selftrain import rounds_summary
@@ -77,8 +78,9 @@ def resume_run(recipe) -> LoopState:
     """A killed run, from its last checkpoint: weights, optimizer, schedule, random state and loop state; the
     metrics logged after that checkpoint are dropped, since those steps are about to be redone."""
     acc, run = recipe.accelerator, recipe.run
+    tensors = {EMA_FILE: recipe.ema.load_state} if recipe.ema is not None else None
     state = LoopState(**load_checkpoint(run.last, acc.unwrap_model(recipe.model), recipe.optimizer, recipe.scheduler,
-                                        run.path, say=recipe.say))
+                                        run.path, say=recipe.say, tensors=tensors))
     if recipe.main:
         run.truncate_metrics(state.step)
         run.set_status("running", resumed_at=state.step)
@@ -89,37 +91,43 @@ def evaluate_and_checkpoint(recipe, bar) -> None:
     """Score every evaluation set, note the best, let a sweep's pruner speak, log, save the best weights when they
     improved, then checkpoint."""
     st = recipe.state
-    scores = recipe.validate()
-    improved = record(st, scores, recipe.cfg.eval)
-    if recipe.on_evaluate is not None and recipe.on_evaluate(st.step, scores):
-        st.stopped_early, st.stopped_by = True, "callback"
-    # train_seconds: the training time so far, for time-to-accuracy
-    log_metrics(recipe, {"step": st.step, "epoch": round(st.step / recipe.steps_per_epoch, 4),
-                         **evaluation_record(scores), "train_seconds": round(st.train_seconds, 2)})
-    bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
-    if recipe.main and improved:
-        save_weights(recipe.accelerator.unwrap_model(recipe.model), recipe.run.best, {"step": st.step,
-                                                                                   **st.best_scores})
+    with evaluated_weights(recipe):  # scored and saved as best: the weight average when the run keeps one
+        scores = recipe.validate()
+        improved = record(st, scores, recipe.cfg.eval)
+        if recipe.on_evaluate is not None and recipe.on_evaluate(st.step, scores):
+            st.stopped_early, st.stopped_by = True, "callback"
+        # train_seconds: the training time so far, for time-to-accuracy
+        log_metrics(recipe, {"step": st.step, "epoch": round(st.step / recipe.steps_per_epoch, 4),
+                             **evaluation_record(scores), "train_seconds": round(st.train_seconds, 2)})
+        bar.set_postfix(val_acc=f"{scores['accuracy']:.4f}")
+        if recipe.main and improved:
+            save_weights(recipe.accelerator.unwrap_model(recipe.model), recipe.run.best, {"step": st.step,
+                                                                                       **st.best_scores})
     recipe.last_scores = scores
     checkpoint(recipe)
 
 
 def checkpoint(recipe) -> None:
     """checkpoints/last (the one before it kept as checkpoints/previous), by the main process; all wait."""
-    if recipe.main:
+    if recipe.main:  # the trained weights, and the average beside them (both are needed to go on exactly)
+        tensors = {EMA_FILE: recipe.ema.state()} if recipe.ema is not None else None
         save_checkpoint(recipe.run.last, recipe.accelerator.unwrap_model(recipe.model), recipe.optimizer,
-                        recipe.scheduler, recipe.state.to_json())
+                        recipe.scheduler, recipe.state.to_json(), tensors)
     recipe.accelerator.wait_for_everyone()
 
 
 def log_train_loss(recipe, bar) -> None:
     """The mean training loss since the last logged step (over every process), and the learning rate."""
-    st = recipe.state
-    mean = float(recipe.accelerator.reduce(torch.tensor(st.window_loss / st.window_n, device=recipe.device), "mean"))
-    log_metrics(recipe, {"step": st.step, "epoch": round(st.step / recipe.steps_per_epoch, 4), "train_loss": mean,
-                         "lr": recipe.scheduler.get_last_lr()[0]})
+    st, acc = recipe.state, recipe.accelerator
+    mean = float(acc.reduce(torch.tensor(st.window_loss / st.window_n, device=recipe.device), "mean"))
+    line = {"step": st.step, "epoch": round(st.step / recipe.steps_per_epoch, 4), "train_loss": mean,
+            "lr": recipe.scheduler.get_last_lr()[0]}
+    if recipe.cfg.optim.rdrop_alpha:  # how far the two dropout passes disagree (train_loss includes alpha x this)
+        line["train_rdrop_kl"] = float(acc.reduce(torch.tensor(st.window_kl / st.window_n, device=recipe.device),
+                                                    "mean"))
+    log_metrics(recipe, line)
     bar.set_postfix(loss=f"{mean:.4f}")
-    st.window_loss, st.window_n = 0.0, 0
+    st.window_loss, st.window_n, st.window_kl = 0.0, 0, 0.0
 
 
 def log_metrics(recipe, record: dict) -> None:
@@ -175,6 +183,11 @@ def run_summary(recipe, model, final_scores: dict) -> dict:
         "prefix_cache_storage": recipe.cache_storage,
         "compiled": recipe.compiled,
         "fast_dropout_modules": recipe.fast_dropouts,
+        # the regularisers that add no parameter: which weights were evaluated and shipped, and R-Drop's weight
+        "ema": None if recipe.ema is None else {"decay": recipe.ema.decay, "warmup": recipe.ema.warmup,
+                                                "updates": recipe.ema.updates},
+        "evaluated_weights": "ema" if recipe.ema is not None else "trained",
+        "rdrop_alpha": cfg.optim.rdrop_alpha,
         "threads": torch.get_num_threads(),
         "device": str(recipe.device), "precision": recipe.precision,
         "data": data_facts(recipe),

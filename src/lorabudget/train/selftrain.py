@@ -98,6 +98,8 @@ def apply_round(recipe, k: int, record: dict, start: int) -> None:
     recipe.eval_every = cfg.eval.every_steps or per_round.steps_per_epoch
     optimizer, recipe.scheduler = make_optimizer(recipe.accelerator.unwrap_model(recipe.model), optim, per_round)
     recipe.optimizer = recipe.accelerator.prepare(optimizer)
+    if recipe.ema is not None:  # a fresh optimizer from the best weights: a fresh average of them too (optim.ema_*)
+        recipe.ema.reset()
 
 
 def begin_next_round(recipe) -> bool:

@@ -2,7 +2,7 @@
 `arithmetic` counts an allocation from widths alone, `search` enumerates and ranks allocations and checks them
 against the built model, `render` prints, writes and draws the result."""
 
-from .arithmetic import LINEARS, TARGETS, Counts, ModelShape, allocation_from_config, count_allocation, model_shape
+from .arithmetic import Counts, ModelShape, allocation_from_config, count_allocation, model_shape
 from .render import check_config, format_plan, plan, plot_plan, write_candidate
 from .search import (
     HEURISTIC,
@@ -17,7 +17,7 @@ from .search import (
     verify,
 )
 
-__all__ = ["HEURISTIC", "LINEARS", "TARGETS", "Candidate", "Counts", "Design", "ModelShape", "Plan", "PlanMismatch",
+__all__ = ["HEURISTIC", "Candidate", "Counts", "Design", "ModelShape", "Plan", "PlanMismatch",
            "SearchSpace", "allocation_from_config", "candidate_config", "check_config", "count_allocation",
            "enumerate_designs", "format_plan", "model_shape", "plan", "plot_plan", "search", "verify",
            "write_candidate"]

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...errors import ConfigError
-from .arithmetic import TARGETS, VARIANTS, Counts
+from ...model.families import ROLES
+from .arithmetic import VARIANTS, Counts
 from .search import HEURISTIC, SHORT, Candidate, Plan, SearchSpace, _heads_for, default_num_labels, search, verify
 
 if TYPE_CHECKING:
@@ -36,8 +37,9 @@ def check_config(cfg: Config, num_labels: int | None = None) -> str:
 
 _COLUMNS = (f"{'#':>3}  {'total':>9}  {'used':>6}  {'adapters':>9}  {'head':>9}  {'biases':>7}  "
             f"{'head type':<14}  {'bias':<9}  {'method':<6}  {'layers':<15}  ranks per module type")
-_MODULE_LEGEND = ("q, k, v = attention query/key/value; attn_out = attention.output.dense; ffn_in = "
-                  "intermediate.dense; ffn_out = output.dense")
+def _module_legend(roles: dict[str, str]) -> str:
+    """What each column's role is called on this family ('q = attention.self.query, ...')."""
+    return "; ".join(f"{SHORT[role]} = {module}" for role, module in roles.items())
 
 
 def _row(k: int, cand: Candidate, counts: Counts, budget: int) -> str:
@@ -55,7 +57,7 @@ def format_plan(plan: Plan) -> str:
     layers = ", ".join([f"all, top 1..{plan.shape.n_layers - 1}"] + [",".join(map(str, c)) for c in s.custom_layers])
     space = (f"heads {', '.join(_heads_for(plan.shape, s.heads))} (k={plan.head_rank}) | bias {', '.join(s.biases)}"
              f" | {', '.join(s.methods)} | ranks {', '.join(map(str, s.ranks))} per module type | modules "
-             f"{', '.join(SHORT[m] for m in s.modules)} | layers {layers}")
+             f"{', '.join(SHORT[m] for m in s.modules if m in plan.shape.roles)} | layers {layers}")
     checked = (f"{len(plan.rows) + plan.sampled} allocations (the {len(plan.rows)} rows and {plan.sampled} random "
                "others) built on the meta device: arithmetic == count_trainable, per group and per layer")
     lines = [f"plan      {plan.shape.describe()}, budget {plan.budget:,}",
@@ -64,7 +66,7 @@ def format_plan(plan: Plan) -> str:
              "",
              _COLUMNS]
     lines += [_row(k, cand, counts, plan.budget) for k, (cand, counts, _) in enumerate(plan.rows, 1)]
-    lines += ["", f"verified  {checked}", f"modules   {_MODULE_LEGEND}"]
+    lines += ["", f"verified  {checked}", f"modules   {_module_legend(plan.shape.roles)}"]
     lines += textwrap.wrap(HEURISTIC, width=116, initial_indent="ranking   ", subsequent_indent=" " * 10)
     return "\n".join(lines)
 
@@ -100,8 +102,10 @@ def write_candidate(plan: Plan, pick: int, path: str | Path, num_labels: int) ->
     return f"wrote     {out} (row {pick})\n{format_breakdown(built, plan.budget)}"
 
 
-PLOT_GROUPS = [("head", "head")] + [(f"lora {TARGETS[t][0]}", f"LoRA {SHORT[t]}") for t in TARGETS] + [
-    ("dora magnitude", "DoRA magnitudes"), ("biases", "biases")]
+def plot_groups(roles: dict[str, str]) -> list[tuple[str, str]]:
+    """(budget group prefix, legend label) for the bars: the head, LoRA per role, DoRA magnitudes, biases."""
+    return ([("head", "head")] + [(f"lora {roles[t]}", f"LoRA {SHORT[t]}") for t in ROLES if t in roles]
+            + [("dora magnitude", "DoRA magnitudes"), ("biases", "biases")])
 
 
 def plot_plan(plan: Plan, path: str | Path) -> str:
@@ -114,7 +118,7 @@ def plot_plan(plan: Plan, path: str | Path) -> str:
     fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(x) + 3), 4.5))
     bottom = np.zeros(len(x))
     colors = plt.get_cmap("tab10").colors
-    for k, (prefix, label) in enumerate(PLOT_GROUPS):
+    for k, (prefix, label) in enumerate(plot_groups(plan.shape.roles)):
         values = np.array([sum(n for g, n in counts.groups.items() if g.startswith(prefix))
                            for _, counts, _ in plan.rows], dtype=float)
         if values.any():

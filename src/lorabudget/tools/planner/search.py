@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ...errors import BudgetError, ConfigError
+from ...model.families import ROLES, SHORT
+from ...model.methods import METHODS, SWITCHES
 from .arithmetic import (
-    TARGETS,
     VARIANTS,
     Allocation,
     Counts,
@@ -30,8 +31,8 @@ from .arithmetic import (
     count_allocation,
     global_bias_params,
     head_params,
-    layer_bias_params,
     model_shape,
+    norm_params,
 )
 
 if TYPE_CHECKING:  # these pull in pydantic and torch; `lorabudget --help` imports the planner for HEURISTIC
@@ -40,22 +41,17 @@ if TYPE_CHECKING:  # these pull in pydantic and torch; `lorabudget --help` impor
 
 HEURISTIC = (
     "Ranking, best first: (1) more encoder layers adapted; (2) more module types adapted per layer; (3) more "
-    "adapter parameters (LoRA + DoRA), so budget goes to adapters rather than to a large head or to biases; "
-    "(4) more of the budget used, never more than all of it; (5) fewer distinct ranks. Rationale: LoRA on every "
-    "layer and linear module at a modest rank generally beats a high rank on a few modules (LoRA and QLoRA "
-    "papers), and a head trained in full buys no adaptation of the encoder. Each row is one design (head, bias, "
-    "LoRA/DoRA, module types, layers) with its best ranks: per module type, from the rank grid, the combination "
-    "that spends the most budget."
+    "adapter parameters (LoRA + DoRA; VeRA's or (IA)^3's vectors; LayerNorms), so budget goes to adapters rather "
+    "than to a large head or to biases; (4) more of the budget used, never more than all of it; (5) fewer "
+    "distinct ranks. Rationale: LoRA on every layer and linear module at a modest rank generally beats a high rank "
+    "on a few modules (LoRA and QLoRA papers), and a head trained in full buys no adaptation of the encoder. Each "
+    "row is one design (head, bias, method, module types, layers) with its best ranks: per module type, from the "
+    "rank grid, the combination that spends the most budget."
 )
 
-# Config target name -> (linear module inside one encoder layer, its input width, its output width) for
-# roberta- and BERT-style layers. A target names the module of exactly that name (adapters.resolve_targets), so
-# 'output.dense' is the FFN output alone.
 BIASES = ("none", "all", "lora_only")
 DEFAULT_RANKS = (4, 8, 16, 32, 64)
 MAX_RANK_VECTORS = 300_000  # per-layer rank assignments enumerated; beyond this the search takes too long
-SHORT = {"query": "q", "key": "k", "value": "v", "attention.output.dense": "attn_out",
-         "intermediate.dense": "ffn_in", "output.dense": "ffn_out"}
 
 
 class PlanMismatch(RuntimeError):
@@ -70,14 +66,19 @@ class Candidate:
     dora: bool
     layers: tuple[int, ...]
     layer_label: str
-    ranks: tuple[tuple[str, int], ...]  # (config target, rank) in TARGETS order
+    ranks: tuple[tuple[str, int], ...]  # (role, rank) in ROLES order
     method: str = "lora"  # an entry of METHODS
+    modules: tuple[str, ...] = ()  # the module each role names on this family, in the order of `ranks`
 
     def allocation(self) -> Allocation:
-        adapted = tuple((layer, TARGETS[t][0], r) for layer in self.layers for t, r in self.ranks)
-        return Allocation(self.head, self.head_rank, self.bias, self.dora, adapted, self.method)
+        adapted = tuple((layer, m, r) for layer in self.layers for m, (_, r) in zip(self.modules, self.ranks))
+        return Allocation(self.head, self.head_rank, self.bias, self.dora, adapted, self.method, self.layers)
 
     def describe_ranks(self) -> str:
+        if not self.ranks:  # LN tuning: no linear module, the layers' LayerNorms
+            return "LayerNorms"
+        if METHODS[self.method].ranks == "none":  # (IA)^3: one vector per module, no rank
+            return ",".join(SHORT[t] for t, _ in self.ranks)
         by_rank: dict[int, list[str]] = {}
         for t, r in self.ranks:
             by_rank.setdefault(r, []).append(SHORT[t])
@@ -101,12 +102,19 @@ def candidate_config(base: Config, shape: ModelShape, budget: int, cand: Candida
     from ...config import build_config
 
     raw = base.model_dump(mode="json")
-    r, pattern = rank_fields(cand.ranks)
+    # LN tuning has no ranks or modules of its own: the base's r and targets stand (unread, but valid)
+    r, pattern = rank_fields(cand.ranks) if cand.ranks else (base.adapter.r, {})
     ratio = base.adapter.alpha / base.adapter.r  # keep the base's LoRA scaling alpha / r (the default's is 2)
     raw["model"]["name"] = shape.name
     raw["budget"] = budget
+    method = METHODS[cand.method]
+    # the base's LoRA-only switches (rsLoRA, an init, LoRA+) would make a candidate of another method invalid
+    raw["adapter"].update({k: off for k, off in SWITCHES.items() if k not in method.reads})
+    if not method.loraplus:
+        raw["optim"]["loraplus_lr_ratio"] = None
     raw["adapter"].update(
-        r=r, alpha=ratio * r, rank_pattern=pattern, target_modules=[t for t, _ in cand.ranks],
+        r=r, alpha=ratio * r, rank_pattern=pattern,
+        target_modules=[t for t, _ in cand.ranks] or base.adapter.target_modules,
         layers=None if len(cand.layers) == shape.n_layers else list(cand.layers),
         method=cand.method, use_dora=cand.dora, bias=cand.bias,
     )
@@ -137,7 +145,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class SearchSpace:
     methods: tuple[str, ...] = tuple(VARIANTS)
-    modules: tuple[str, ...] = tuple(TARGETS)
+    modules: tuple[str, ...] = tuple(ROLES)  # roles; those the family lacks are left out at search time
     ranks: tuple[int, ...] = DEFAULT_RANKS
     heads: tuple[str, ...] | None = None  # None: every head the model family offers
     biases: tuple[str, ...] = BIASES
@@ -150,7 +158,7 @@ class SearchSpace:
 
         space = cls(
             methods=_csv(methods, "methods", tuple(VARIANTS)) or tuple(VARIANTS),
-            modules=_csv(modules, "modules", tuple(TARGETS)) or tuple(TARGETS),
+            modules=_csv(modules, "modules", tuple(ROLES)) or tuple(ROLES),
             ranks=_ints(ranks, "ranks") if ranks is not None else DEFAULT_RANKS,
             heads=_csv(heads, "heads", tuple(HEADS)),
             biases=_csv(bias, "bias", BIASES) or BIASES,
@@ -161,9 +169,13 @@ class SearchSpace:
         return space
 
 
-def module_subsets(modules: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Non-empty subsets of the module types."""
-    ordered = [t for t in TARGETS if t in modules]
+def module_subsets(shape: ModelShape, modules: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Non-empty subsets of the roles asked for that the family has."""
+    offered = shape.roles
+    ordered = [t for t in ROLES if t in modules and t in offered]
+    if not ordered:
+        raise ConfigError(f"--modules: {shape.name} has none of {', '.join(modules)}; its roles: "
+                          f"{', '.join(offered)}")
     return [subset for n in range(1, len(ordered) + 1) for subset in itertools.combinations(ordered, n)]
 
 
@@ -187,24 +199,39 @@ class RankTable:
     """Every rank assignment of one module subset, sorted by what it costs per layer (LoRA + DoRA), so the
     assignments that fit a per-layer allowance are a prefix, found by bisection."""
 
-    subset: tuple[str, ...]
+    subset: tuple[str, ...]  # roles
+    linears: tuple[str, ...]  # the modules they name on this family
     variant: str  # of VARIANTS: the method, and its options
     costs: list[int]
     ranks: list[tuple[int, ...]]
 
 
+def rank_vectors(method: str, n: int, grid: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The rank assignments of n modules a method can take: any per module (LoRA), one for all (VeRA), or a
+    single placeholder where the rank changes nothing ((IA)^3, LN tuning)."""
+    ranks = METHODS[method].ranks
+    if ranks == "per module":
+        return list(itertools.product(grid, repeat=n))
+    return [(r,) * n for r in grid] if ranks == "shared" else [(grid[0],) * n]
+
+
+def method_subsets(method: str, subsets: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The module subsets a method is planned with: none for one that adapts no linear module (LN tuning)."""
+    return [()] if METHODS[method].norm_params is not None else subsets
+
+
 def rank_table(shape: ModelShape, subset: tuple[str, ...], grid: tuple[int, ...], variant: str) -> RankTable:
     method, options = VARIANTS[variant]
-    linears = [TARGETS[t][0] for t in subset]
+    linears = tuple(shape.roles[t] for t in subset)
     unit = {(lin, r): sum(adapter_params(shape, lin, r, method, options.get("use_dora", False)).values())
             for lin in linears for r in grid}  # what one module costs at one rank, looked up below
     rows = []
-    for ranks in itertools.product(grid, repeat=len(subset)):
+    for ranks in rank_vectors(method, len(subset), grid):
         cost = sum(unit[lin, r] for lin, r in zip(linears, ranks))
         # among equal costs the preferred assignment sorts last: fewer distinct ranks, then the larger minimum
-        rows.append((cost, -len(set(ranks)), min(ranks), ranks))
+        rows.append((cost, -len(set(ranks)), min(ranks, default=0), ranks))
     rows.sort()
-    return RankTable(subset, variant, [row[0] for row in rows], [row[3] for row in rows])
+    return RankTable(subset, linears, variant, [row[0] for row in rows], [row[3] for row in rows])
 
 
 @dataclass
@@ -219,12 +246,13 @@ class Design:
     fixed: int  # head + biases outside the adapted layers
     per_layer_fixed: int  # lora_only biases in each adapted layer
     fits: int  # the table's first `fits` assignments fit the budget
+    norms: int = 0  # LN tuning's LayerNorms over the layer set, summed layer by layer (layers may differ)
 
     def total(self, i: int) -> int:
-        return self.fixed + len(self.layers) * (self.per_layer_fixed + self.table.costs[i])
+        return self.fixed + self.norms + len(self.layers) * (self.per_layer_fixed + self.table.costs[i])
 
     def adapter_params(self, i: int) -> int:
-        return len(self.layers) * self.table.costs[i]
+        return self.norms + len(self.layers) * self.table.costs[i]
 
     def rank_key(self) -> tuple:
         """HEURISTIC as a sort key (smaller sorts first), for the design's best assignment."""
@@ -236,7 +264,7 @@ class Design:
         ranks = tuple(zip(self.table.subset, self.table.ranks[i]))
         method, options = VARIANTS[self.table.variant]
         return Candidate(self.head, head_rank, self.bias, options.get("use_dora", False), self.layers,
-                         self.layer_label, ranks, method)
+                         self.layer_label, ranks, method, self.table.linears)
 
 
 def _heads_for(shape: ModelShape, heads: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -247,35 +275,44 @@ def _heads_for(shape: ModelShape, heads: tuple[str, ...] | None) -> tuple[str, .
         return offered
     bad = [h for h in heads if h not in offered]
     if bad:
-        raise ConfigError(f"--heads: {', '.join(bad)} not available for {shape.family}-style models; choose from "
+        raise ConfigError(f"--heads: {', '.join(bad)} not available for {shape.model_type!r} models; choose from "
                           f"{', '.join(offered)}")
     return heads
 
 
 def enumerate_designs(shape: ModelShape, budget: int, space: SearchSpace, head_rank: int) -> list[Design]:
     """Every design with at least one fitting rank assignment, best first by HEURISTIC."""
-    subsets = module_subsets(space.modules)
-    n_vectors = sum(len(space.ranks) ** len(s) for s in subsets) * len(space.methods)
+    subsets = module_subsets(shape, space.modules)
+    methods = [VARIANTS[v][0] for v in space.methods]
+    n_vectors = sum(len(space.ranks) ** len(s) if METHODS[m].ranks == "per module"  # not built just to count
+                    else len(rank_vectors(m, len(s), space.ranks)) for m in methods for s in method_subsets(m, subsets))
     if n_vectors > MAX_RANK_VECTORS:
         raise ConfigError(f"the search would enumerate {n_vectors:,} rank assignments per layer set (limit "
                           f"{MAX_RANK_VECTORS:,}); pass fewer --ranks or --modules")
-    tables = [rank_table(shape, s, space.ranks, v) for s in subsets for v in space.methods]
+    tables = [rank_table(shape, s, space.ranks, v) for v in space.methods
+              for s in method_subsets(VARIANTS[v][0], subsets)]
     designs = []
     for head in _heads_for(shape, space.heads):
         head_n = sum(head_params(shape, head, head_rank).values())
         for bias in space.biases:
+            if bias != "none" and not sum(shape.layer_biases) + shape.outside_biases[head]:
+                continue  # a model without biases (ModernBERT): every bias mode is 'none'
             fixed = head_n
             if bias == "all":  # every bias of the model trains, adapted or not
-                fixed += shape.n_layers * layer_bias_params(shape) + global_bias_params(shape, head)
+                fixed += sum(shape.layer_biases) + global_bias_params(shape, head)
             for label, layers in layer_sets(shape, space.custom_layers):
                 for table in tables:
+                    method = VARIANTS[table.variant][0]
+                    if bias not in METHODS[method].biases:  # (IA)^3, LN tuning: none only
+                        continue
                     per_layer_fixed = 0
                     if bias == "lora_only":
-                        per_layer_fixed = sum(bias_params(shape, TARGETS[t][0]) for t in table.subset)
-                    allowance = (budget - fixed) // len(layers) - per_layer_fixed  # per layer, for LoRA + DoRA
+                        per_layer_fixed = sum(bias_params(shape, lin) for lin in table.linears)
+                    norms = sum(sum(norm_params(shape, layer, method).values()) for layer in layers)
+                    allowance = (budget - fixed - norms) // len(layers) - per_layer_fixed  # per layer, for LoRA
                     fits = bisect_right(table.costs, allowance)
                     if fits:
-                        designs.append(Design(head, bias, label, layers, table, fixed, per_layer_fixed, fits))
+                        designs.append(Design(head, bias, label, layers, table, fixed, per_layer_fixed, fits, norms))
     designs.sort(key=Design.rank_key)
     return designs
 
@@ -322,6 +359,9 @@ def search(base: Config, model: str, space: SearchSpace, *, num_labels: int | No
     """Enumerate, rank, and verify the top `top` designs plus `sample` random other fitting allocations."""
     if top < 1 or sample < 0:
         raise ConfigError("--top must be >= 1 and --sample >= 0")
+    if base.adapter.train_layernorms:
+        raise ConfigError("the search plans without adapter.train_layernorms; count such a config with "
+                          "`lorabudget plan -c CONFIG`, or search LayerNorm tuning alone with --methods ln_tuning")
     shape = model_shape(model, default_num_labels(base, num_labels), trust_remote_code=base.model.trust_remote_code)
     budget, head_rank = base.budget, base.head.rank
     designs = enumerate_designs(shape, budget, space, head_rank)
