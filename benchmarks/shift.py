@@ -38,6 +38,8 @@ RECIPES = {  # name -> overrides of the recommended recipe; TARGET stands for th
     "selftrain": ["data.target_source=TARGET", "selftrain.rounds=1"],
     "normalize+selftrain": ["data.normalize=news", "data.target_source=TARGET", "selftrain.rounds=1"],
     "mean-pooling": ["head.type=linear", "head.pooling=mean"],  # the sentence encoder's own pooling (#21)
+    "lp-ft": ["optim.probe_epochs=1"],  # the head fitted to the frozen features first (Kumar et al. 2022)
+    "ema": ["optim.ema_decay=0.999"],  # weight averaging, known to help out of distribution (SWAD, EoA)
 }
 AG_NEWS_ORDER = ["World", "Sports", "Business", "Sci/Tech"]  # ood_dev_labels' 0..3
 

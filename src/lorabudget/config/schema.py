@@ -260,6 +260,10 @@ class OptimConfig(_Section):
         "times the symmetric KL between their predictions (summed over classes, averaged over examples); the "
         "paper uses 0.5-5 for classification. Needs dropout to act on (adapter.dropout, the encoder's); costs "
         "about twice the compute of a step. Adds no trainable parameter. 0: off.")
+    probe_epochs: float = Field(0.0, ge=0, description="LP-FT (Kumar et al. 2022): train the head alone (adapters "
+        "still) for this many epochs first, then everything, so the adapters start from a head fitted to the "
+        "pretrained features; the paper finds it keeps out-of-distribution accuracy that plain fine-tuning loses. "
+        "Counted within optim.epochs. 0: off.")
 
 
 class EvalConfig(_Section):

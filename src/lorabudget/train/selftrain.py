@@ -91,7 +91,8 @@ def apply_round(recipe, k: int, record: dict, start: int) -> None:
     labels = np.concatenate([recipe.train_labels, np.asarray(record["labels"], dtype=np.int64)])
     recipe.train_data = Tokenized(list(recipe.labelled_train.ids) + pseudo, labels)
     recipe.train_source = TokenBatches(recipe.train_data, recipe.pad_id)
-    optim = cfg.optim.model_copy(update={"epochs": s.epochs, "max_steps": None, "lr": s.lr or cfg.optim.lr})
+    optim = cfg.optim.model_copy(update={"epochs": s.epochs, "max_steps": None, "lr": s.lr or cfg.optim.lr,
+                                         "probe_epochs": 0.0})  # the head has been fitted: no second probe
     micro = len(recipe._epoch_batches(0))
     per_round = plan_schedule(optim, micro, len(recipe.train_data), recipe.world)
     recipe.schedule = dataclasses.replace(per_round, total_steps=start + per_round.total_steps)
