@@ -2,7 +2,7 @@
 
     python benchmarks/recipes.py configs/recipes/*.yaml [--seeds 1 2 3] [--jobs 2] [--out runs/recipes]
                                  [--data ../shared/data/ag_news/train_subset.csv.gz] [--set KEY=VALUE ...]
-                                 [--report docs/recipes-report]
+                                 [--report docs/recipes-report] [--results benchmarks/results/NAME.json]
 
 Each (recipe, seed) trains with `lorabudget train` into OUT/<recipe>/seed-<n>/. Rerunning the command skips the
 finished runs and resumes the killed ones, so a long study can be stopped and continued. At the end it prints the
@@ -166,6 +166,44 @@ def _criterion_block(preset: str, names: str, runs: list[dict], published: list[
     return "\n".join(lines)
 
 
+def record(results: Path, out: Path) -> dict:
+    """Add every finished run under OUT to the results file (kept in the repository, keyed by recipe folder and
+    seed: run folders do not outlive a working session here, the figures do)."""
+    data = json.loads(results.read_text()) if results.is_file() else {"runs": {}}
+    bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
+    for run in sorted(out.glob("*/seed-*")):
+        if run_state(run) != "finished" or f"{run.parent.name}/{run.name}" in data["runs"]:
+            continue
+        s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        curve = [{"step": r["step"], "validation": r["val_accuracy"]}
+                 for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_accuracy" in r]
+        data["runs"][f"{run.parent.name}/{run.name}"] = {
+            "recipe": run.parent.name, "seed": int(run.name.split("-")[1]), "trainable": s["trainable_params"],
+            "validation": s["best"]["accuracy"], "best_step": s["best"]["step"], "steps": s.get("total_steps"),
+            "train_seconds": s.get("train_seconds"), "threads": s.get("threads"), "precision": s.get("precision"),
+            "cpu_avx512_bf16": bf16, "curve": curve}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    return data
+
+
+def results_table(data: dict) -> str:
+    """Markdown from the results file: mean ± std of best validation accuracy and train time per recipe."""
+    import statistics
+
+    by_recipe: dict[str, list[dict]] = {}
+    for r in data["runs"].values():
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    rows = ["| recipe | trainable | seeds | validation % | train time (min) |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, runs in sorted(by_recipe.items(), key=lambda kv: -statistics.mean(r["validation"] for r in kv[1])):
+        accs = [100 * r["validation"] for r in runs]
+        std = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
+        minutes = statistics.mean(r["train_seconds"] or 0 for r in runs) / 60
+        rows.append(f"| {name} | {runs[0]['trainable']:,} | {len(runs)} | {statistics.mean(accs):.2f}{std} | "
+                    f"{minutes:.1f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*", type=Path, help="recipe configs (YAML); none: only print the table")
@@ -176,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override for every recipe, e.g. optim.max_steps=300")
     parser.add_argument("--report", type=Path, default=None, help="write `lorabudget report` here at the end")
+    parser.add_argument("--results", type=Path, default=None, help="keep every finished run's figures in this "
+                        "JSON file (e.g. benchmarks/results/round2.json) and print the table of all it holds")
     parser.add_argument("--recommended", type=Path, default=ROOT / "configs" / "recommended-minilm.yaml",
                         help="the recipe the criterion tests against the published ones")
     args = parser.parse_args(argv)
@@ -188,12 +228,19 @@ def main(argv: list[str] | None = None) -> int:
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     # Seeds outermost: after the first pass every recipe has one run, so a stopped study is still comparable.
     work = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]
+    if args.results and args.results.is_file():  # recorded in an earlier session, whose run folders are gone
+        done = json.loads(args.results.read_text())["runs"]
+        work = [(recipe, seed) for recipe, seed in work if f"{recipe.stem}/seed-{seed}" not in done]
     failed = 0
     with ThreadPoolExecutor(args.jobs) as pool:
         for name, rc, seconds in pool.map(lambda w: train_one(*w, args, threads), work):
             failed += rc != 0
             print(f"{name}: {'ok' if rc == 0 else f'exit {rc}'} ({seconds / 60:.1f} min)", flush=True)
+            if args.results:
+                record(args.results, args.out)
     print(summary_table(args.out))
+    if args.results:
+        print(f"\nevery run recorded in {args.results}:\n{results_table(record(args.results, args.out))}")
     print(criterion(args.out, args.recommended.resolve()))
     if args.report:
         rc = subprocess.call([*LORABUDGET, "report", str(args.out), "--out", str(args.report)], cwd=ROOT)
