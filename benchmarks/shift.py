@@ -40,6 +40,7 @@ RECIPES = {  # name -> overrides of the recommended recipe; TARGET stands for th
     "mean-pooling": ["head.type=linear", "head.pooling=mean"],  # the sentence encoder's own pooling (#21)
     "lp-ft": ["optim.probe_epochs=1"],  # the head fitted to the frozen features first (Kumar et al. 2022)
     "ema": ["optim.ema_decay=0.999"],  # weight averaging, known to help out of distribution (SWAD, EoA)
+    "garble": ["data.token_drop=0.1", "data.token_swap=0.1"],  # training texts that read like the generated half
 }
 AG_NEWS_ORDER = ["World", "Sports", "Business", "Sci/Tech"]  # ood_dev_labels' 0..3
 

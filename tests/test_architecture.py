@@ -21,6 +21,7 @@ STAGES = [
     ("lorabudget.plots", 0),
     # the extension tables: the vocabulary the config is written in (head types, adapter methods, roles)
     ("lorabudget.model.heads", 1), ("lorabudget.model.head_modules", 1), ("lorabudget.model.methods", 1),
+    ("lorabudget.model.adalora", 1),
     ("lorabudget.model.families", 1),
     ("lorabudget.config", 2),
     ("lorabudget.data", 3),

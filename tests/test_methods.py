@@ -53,6 +53,9 @@ ROBERTA_BASE = {  # adapter section -> (total, some of its groups), 12 layers, h
     "ln_tuning": ({"method": "ln_tuning"}, HEAD + 12 * 2 * 2 * 768,
                   {"layernorm attention.output.LayerNorm": 12 * 2 * 768, "layernorm output.LayerNorm": 12 * 2 * 768}),
     "ln_tuning-top-half": ({"method": "ln_tuning", "layers": "top-half"}, HEAD + 6 * 2 * 2 * 768, {}),
+    # AdaLoRA counts its initial rank: Q (r x 768), P (768 x r) and E (r) per module, in LoRA's groups
+    "adalora-qv-r6": ({"method": "adalora", "r": 6, "target_r": 4, "target_modules": ["query", "value"]},
+                      HEAD + 12 * 2 * (6 * (768 + 768) + 6), {"lora attention.self.value": 12 * (6 * 1536 + 6)}),
     # the common q,v r=8 recipe (888,580) with the LayerNorms of every layer beside it
     "lora-qv-r8-layernorms": ({"r": 8, "target_modules": ["query", "value"], "train_layernorms": True},
                               888_580 + 12 * 2 * 2 * 768, {"layernorm output.LayerNorm": 12 * 2 * 768}),
@@ -85,8 +88,8 @@ TARGETS = ["query", "key", "value", "dense", "ffn_in", "ffn_out", "attention.out
 
 @st.composite
 def adapter_and_head(draw, family: str):
-    method = draw(st.sampled_from(["vera", "ia3", "ln_tuning", "lora"]))
-    adapter = {"method": method, "r": draw(st.integers(1, 9)),
+    method = draw(st.sampled_from(["vera", "ia3", "ln_tuning", "lora", "adalora"]))
+    adapter = {"method": method, "r": draw(st.integers(METHODS[method].min_rank, 9)),
                "target_modules": draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=4, unique=True)),
                "layers": draw(st.none() | st.sampled_from(["top-1", [0], [1], [0, 1]])),
                "bias": draw(st.sampled_from(METHODS[method].biases))}
@@ -94,6 +97,8 @@ def adapter_and_head(draw, family: str):
         adapter["train_layernorms"] = draw(st.booleans())
     if method == "lora":
         adapter["use_dora"] = draw(st.booleans())
+    if method == "adalora":
+        adapter["target_r"] = draw(st.integers(1, adapter["r"] - 1))
     heads = ["default", "linear", "lowrank"] + (["pooler"] if family == "bert" else [])
     return adapter, {"type": draw(st.sampled_from(heads)), "rank": draw(st.integers(1, 12))}
 
@@ -179,8 +184,20 @@ def test_vera_shares_one_pair_of_projections_sized_to_the_widest_layer(tiny_robe
     ({"adapter": {"method": "ln_tuning", "train_layernorms": True}}, ["train_layernorms", "already"]),
     ({"adapter": {"method": "vera"}, "optim": {"loraplus_lr_ratio": 16}}, ["loraplus_lr_ratio", "method=vera"]),
     ({"optim": {"loraplus_lr_ratio": 0.5}}, ["optim.loraplus_lr_ratio", "greater than or equal to 1"]),
+    ({"adapter": {"method": "adalora", "use_dora": True}}, ["adapter.use_dora", "method=adalora"]),
+    ({"adapter": {"method": "adalora", "rank_pattern": {"value": 8}}}, ["rank_pattern", "one rank r"]),
+    ({"adapter": {"method": "adalora", "r": 4, "target_r": 4}}, ["adapter.target_r=4", "below adapter.r=4"]),
+    ({"adapter": {"target_r": 2}}, ["adapter.target_r=2", "method=lora", "adapter.method=adalora"]),
+    ({"adapter": {"method": "ia3", "orth_reg_weight": 0.5}}, ["adapter.orth_reg_weight", "adapter.method=adalora"]),
+    ({"adapter": {"method": "adalora", "tinit": 0.5, "tfinal": 0.6}}, ["adapter.tinit=0.5", "below 1"]),
+    ({"adapter": {"method": "adalora", "tfinal": 2.5}}, ["adapter.tfinal", "a step count"]),
+    ({"adapter": {"method": "adalora"}, "optim": {"loraplus_lr_ratio": 4}}, ["loraplus_lr_ratio", "method=adalora"]),
+    ({"adapter": {"method": "adalora"}, "data": {"target_source": "t.csv"}, "selftrain": {"rounds": 1}},
+     ["adapter.method=adalora", "selftrain.rounds"]),
 ], ids=["vera-dora", "vera-rank-pattern", "ia3-pissa", "ia3-bias", "ln-bias", "ln-rslora", "ln-twice",
-        "vera-loraplus", "loraplus-below-1"])
+        "vera-loraplus", "loraplus-below-1", "adalora-dora", "adalora-rank-pattern", "adalora-no-pruning",
+        "lora-target-r", "ia3-orth-reg", "adalora-no-allocation-phase", "adalora-tfinal-float", "adalora-loraplus",
+        "adalora-selftrain"])
 def test_an_option_the_method_lacks_is_a_config_error(raw, words):
     with pytest.raises(ConfigError) as err:
         build_config(raw, "test")
@@ -272,7 +289,20 @@ def test_plan_searches_the_new_methods(tiny_roberta, capsys):
     assert any(r[5] != "0" for r, m in zip(rows, methods) if m == "vera")
 
 
-@pytest.mark.parametrize("method", ["vera", "ia3", "ln_tuning"])
+def test_adalora_is_planned_when_asked_and_its_pruning_is_shown(capsys):
+    """Searched only with --methods (its E vectors would outrank LoRA at the same rank); a config's breakdown
+    says what the pruned adapter holds beside what trains."""
+    assert "adalora" not in planner.SearchSpace().methods and "lora" in planner.SearchSpace().methods
+    assert planner.SearchSpace.parse(methods="adalora").methods == ("adalora",)
+    preset = Path(__file__).resolve().parent.parent / "configs" / "recipes" / "round2-adalora.yaml"
+    assert main(["plan", "-c", str(preset)]) == 0
+    out = capsys.readouterr().out
+    # 36 modules: 144 ranks at r=4, 108 at target_r=3; each rank dropped sheds fan_in + fan_out + 1
+    shed = 6 * (4 * (384 + 384 + 1) + 2 * (384 + 1536 + 1))
+    assert re.search(rf"after pruning\s+{167_572 - shed:,}\s+AdaLoRA keeps 108 of 144 ranks", out), out
+
+
+@pytest.mark.parametrize("method", ["vera", "ia3", "ln_tuning", "adalora"])
 def test_written_candidate_of_each_method_trains_with_its_planned_count(method, tiny_bert, easy_csv, tmp_path):
     path = tmp_path / "planned.yaml"
     assert main(["plan", "--model", str(tiny_bert), "--budget", "2000", "--methods", method, "--top", "3",
@@ -314,6 +344,9 @@ RUNS = {  # family, adapter, optim, the budget groups it must show
     "lora-layernorms-bias-all": ("roberta", {"train_layernorms": True, "bias": "all", "layers": [1]}, {},
                                  ["lora ", "layernorm ", "biases"]),
     "dora-loraplus": ("bert", {"use_dora": True}, {"loraplus_lr_ratio": 8}, ["lora ", "dora magnitude "]),
+    # pruned from step 3 to 18 of 24, re-allocated every 2 steps: the stop at step 11 falls mid-allocation
+    "adalora-prunes": ("roberta", {"method": "adalora", "r": 4, "target_r": 2, "tinit": 2, "tfinal": 6, "deltaT": 2,
+                                   "dropout": 0.1, "target_modules": ["query", "value", "ffn_in"]}, {}, ["lora "]),
 }
 
 
@@ -336,7 +369,9 @@ def _trained_adapter_moved(run: Path) -> None:
     trained = load_file(run / "checkpoints" / "best" / "trainable.safetensors")
     assert trained.keys() == fresh.keys()
     adapter = [k for k in trained if "modules_to_save" not in k or ".layer." in k]
-    assert adapter and all(not torch.equal(trained[k], fresh[k]) for k in adapter)
+    still = [k for k in adapter if torch.equal(trained[k], fresh[k])]
+    # an AdaLoRA module pruned to rank 0 holds E = 0, as it started; nothing else may stay where it started
+    assert adapter and all(".lora_E." in k and not trained[k].any() for k in still), still
 
 
 def _merged_export_matches_unmerged(run: Path, tmp_path: Path) -> None:
@@ -409,3 +444,72 @@ def test_method_trains_resumes_exactly_and_reloads_merged(name, tiny_roberta, ti
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     if "loraplus_lr_ratio" in cfg["optim"]:  # recorded in the run like every field
         assert "loraplus_lr_ratio: 8" in (stopped / "config.yaml").read_text()
+    if cfg["adapter"].get("method") == "adalora":
+        _adalora_allocated_and_shipped(straight, summary, a)
+
+
+def _adalora_allocated_and_shipped(run: Path, summary: dict, shipped: dict) -> None:
+    """The allocator ended at target_r x modules; the adapter holds the ranks its summary says, per module, with
+    peft's rank pattern in its config; the allocator's state went into checkpoints as safetensors."""
+    facts, modules = summary["adalora"], 3 * 2  # query, value, ffn_in in 2 layers
+    assert facts["ranks_at_start"] == 4 * modules and facts["ranks_allocated"] == 2 * modules
+    assert (facts["tinit"], facts["tfinal"], facts["total_step"]) == (2, 6, 24)
+    assert sum(facts["ranks"].values()) == facts["ranks_shipped"] <= facts["ranks_at_start"]
+    for module, rank in facts["ranks"].items():
+        e = shipped[f"base_model.model.{module}.lora_E"]
+        assert e.shape == (rank, 1) and shipped[f"base_model.model.{module}.lora_A"].shape[0] == rank
+        assert bool((e != 0).all())  # only the masked triplets (E = 0) were dropped
+    assert facts["params_shipped"] == summary["trainable_params"] - sum(
+        (4 - rank) * (32 + out + 1) for module, rank in facts["ranks"].items()
+        for out in [64 if module.endswith("intermediate.dense") else 32])
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "ADALORA" and config["total_step"] == 24
+    assert {k: sum(v) for k, v in config["rank_pattern"].items()} == {f"{m}.lora_E": r
+                                                                        for m, r in facts["ranks"].items()}
+    state = load_file(run / "checkpoints" / "last" / "adalora.safetensors")
+    assert sum(k.startswith("rank_pattern/") for k in state) == modules
+    assert summary["breakdown"]["pruning"]["ranks_at_end"] == 2 * modules
+
+
+def test_adalora_regulariser_is_peft_s_own_term(tiny_roberta):
+    """peft adds orth_reg_weight x its orthogonality term only to a loss the model computes; lorabudget's loss
+    comes from the logits, so the recipe adds the method's regulariser, which must be peft's term exactly."""
+    from lorabudget.model.adapters import add_adapters
+    from lorabudget.model.backbone import load_pretrained
+
+    cfg = config(tiny_roberta, {"method": "adalora", "r": 4, "target_r": 2, "orth_reg_weight": 0.3})
+    model, _, _ = add_adapters(load_pretrained(str(tiny_roberta), ["a", "b", "c", "d"]), cfg.adapter, cfg.head)
+    hooks = METHODS["adalora"].train_hooks(model, cfg.adapter, 50)
+    ids = torch.randint(5, model.config.vocab_size, (3, 7))
+    labels = torch.tensor([0, 1, 3])
+    model.eval()
+    out = model(input_ids=ids, labels=labels)
+    plain = torch.nn.functional.cross_entropy(out.logits, labels)
+    reg = hooks.regulariser()
+    assert reg.item() > 0 and reg.requires_grad
+    torch.testing.assert_close(out.loss - plain, reg, rtol=1e-5, atol=1e-6)
+    # peft's schedule is the run's: set from its steps and the fractions
+    assert (model.peft_config["default"].total_step, model.peft_config["default"].tinit) == (50, 5)
+
+
+def test_adalora_state_refuses_a_missing_or_foreign_file(tiny_roberta, tmp_path):
+    from lorabudget.errors import DamagedFileError
+    from lorabudget.model.adapters import add_adapters
+    from lorabudget.model.backbone import load_pretrained
+
+    cfg = config(tiny_roberta, {"method": "adalora", "r": 4, "target_r": 2})
+    model, _, _ = add_adapters(load_pretrained(str(tiny_roberta), ["a", "b", "c", "d"]), cfg.adapter, cfg.head)
+    hooks = METHODS["adalora"].train_hooks(model, cfg.adapter, 50)
+    with pytest.raises(DamagedFileError, match="holds no allocator state"):
+        hooks.load_state(None, tmp_path / "adalora.safetensors", "start again")
+    with pytest.raises(DamagedFileError, match="does not hold this model's AdaLoRA state"):
+        hooks.load_state({"#format": torch.tensor(1), "ipt/elsewhere.lora_A.default": torch.zeros(2)},
+                         tmp_path / "adalora.safetensors", "start again")
+
+
+def test_adalora_schedule_that_leaves_no_allocation_is_refused_at_train(tiny_roberta, easy_csv, tmp_path, capsys):
+    cfg = tiny_config(tiny_roberta, easy_csv, tmp_path / "run", adapter={"method": "adalora", "target_r": 2, "tinit": 3,
+                                                                         "tfinal": 2}, optim={"max_steps": 5})
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 2
+    err = capsys.readouterr().err
+    assert "adapter.tinit=3" in err and "5-step run" in err and "Traceback" not in err

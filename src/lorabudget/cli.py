@@ -118,8 +118,12 @@ def cmd_train(args) -> int:
         else:
             run.check_new(args.overwrite, main=is_main_process())  # again under the lock: a writer may have begun
             resume = False
-        from .cli_train import run_training
+        from .cli_train import run_launched, run_training
+        from .train.launch import launcher_world, resolve_processes
 
+        cfg = resolve_processes(cfg, say=print if is_main_process() else lambda text: None)
+        if cfg.speed.processes > 1 and launcher_world() is None:  # start the processes, which train the run
+            return run_launched(args, cfg, run, resume)
         return run_training(args, cfg, run, resume)
 
 
@@ -264,9 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "id); without it, count the config's own model")
     p.add_argument("--num-labels", type=int, help="classes of the head (default: data.label_names, else 4)")
     p.add_argument("--methods", help=f"comma list of {', '.join(VARIANTS)} (adapter methods and LoRA's DoRA "
-                   "variant; default all)")
-    p.add_argument("--modules", help="module types to combine: query, key, value, attention.output.dense, "
-                   "intermediate.dense, output.dense (default all)")
+                   "variant; default all but adalora, which is searched only when named)")
+    p.add_argument("--modules", help="roles to combine: query, key, value, qkv, attention_output, ffn_in, ffn_out "
+                   "(default all the model's family has)")
     p.add_argument("--ranks", help="rank grid, per module type (default 4,8,16,32,64)")
     p.add_argument("--heads", help="comma list of default, pooler (BERT), linear, lowrank (its rank: --set "
                    "head.rank=K, default 32); default: all the model offers")
@@ -325,14 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # a warning is a line for the user ("warning: ..."), not a source location with the line that raised it
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    def report(exc: BaseException, code: int) -> bool:  # a process `lorabudget train` started tells it, not the user
+        from .train.launch import report
+
+        return report(exc, code)
+
     try:
         return args.func(args)
     except LorabudgetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not report(exc, exc.exit_code):
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted; an unfinished run continues with `lorabudget train --resume RUN`", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if not report(exc, 130):
+            print("\ninterrupted; an unfinished run continues with `lorabudget train --resume RUN`", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if report(exc, 1):
+            return 1
+        raise
 
 
 if __name__ == "__main__":

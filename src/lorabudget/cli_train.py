@@ -20,7 +20,7 @@ def run_training(args, cfg, run, resume: bool) -> int:
             print(f"data      {d.dataset.source}: {len(d.split.train):,} train / {len(d.split.validation):,} "
                   f"validation rows, {len(d.labels.names)} classes")
             print(f"model     {cfg.model.name}, head {cfg.head.type}, precision {recipe.precision}, "
-                  f"{recipe.world} process(es) on {recipe.device}")
+                  f"{recipe.world} process(es) on {recipe.device}" + processes_note(recipe))
             print(recipe.describe())
             if recipe.prefix:
                 print(f"speed     layers 0-{recipe.prefix - 1} train nothing: computed once and cached")
@@ -52,6 +52,19 @@ def run_training(args, cfg, run, resume: bool) -> int:
     return 0
 
 
+def processes_note(recipe) -> str:
+    """How several processes share the work: threads each, and the batch each takes of every optimizer step's."""
+    if recipe.world == 1:
+        return ""
+    import torch
+
+    from .train.launch import batch_per_process
+
+    per, o = batch_per_process(recipe.cfg, recipe.world), recipe.cfg.optim
+    return (f" ({torch.get_num_threads()} thread(s) each); batch {per} per process, "
+            f"{per * recipe.world * o.grad_accum} per optimizer step")
+
+
 def check_predict_args(args) -> None:
     """Before training: a --predict source that is not there fails now, not after the training it follows."""
     from .data import resolve_source
@@ -75,3 +88,14 @@ def predict_after_training(args, run, progress: bool) -> None:
                           data_overrides={"allow_pickle": True} if args.allow_pickle else {})
     print(f"predicted {result['rows']:,} rows of {args.predict} with the best checkpoint: {class_counts(result)}")
     print(f"wrote     {result['out']}")
+
+
+def run_launched(args, cfg, run, resume: bool) -> int:
+    """speed.processes N > 1: start N processes that train the run together (their rank 0 tells the user what
+    runs, as `run_training` does), wait for them, and with --predict write the submission here, on all cores."""
+    from .train.launch import launch
+
+    launch(cfg, run, resume=bool(args.resume), overwrite=args.overwrite)
+    if getattr(args, "predict", None):
+        predict_after_training(args, run, cfg.logging.progress)
+    return 0

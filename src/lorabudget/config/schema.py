@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..model.adalora import DEFAULTS as ADALORA
 from ..model.families import FAMILIES, ROLES
 from ..model.heads import DEFAULT_HEAD_RANK, HEADS
 from ..model.methods import METHODS, option_problem
@@ -97,6 +98,14 @@ class DataConfig(_Section):
         "breaks, tags, URLs, agency datelines such as 'WASHINGTON (Reuters) - ', curly quotes, repeated spaces), "
         "so that a target without them does not look foreign; 'none' leaves texts as read.",
     )
+    token_drop: float = Field(
+        0.0, ge=0, lt=1, description="Training-time word dropout on token ids: each token of a training text (not "
+        "its first and last special tokens) is left out with this probability, each batch anew. With token_swap, "
+        "texts read like a garbled copy of themselves, as machine-generated targets do (docs/shift.md). "
+        "Validation and prediction see texts as they are. No parameter added; 0: off.")
+    token_swap: float = Field(
+        0.0, ge=0, lt=1, description="Training-time local reordering: each adjacent pair of tokens of a training "
+        "text is swapped with this probability (after token_drop). 0: off.")
 
     @field_validator("validation_source", mode="before")
     @classmethod
@@ -129,7 +138,8 @@ class AdapterConfig(_Section):
     # The defaults of the adapter, head and optimizer sections are configs/recommended-roberta-base.yaml: the
     # recipe that won the MiniLM study of docs/recipes.md, mapped to roberta-base (derived, not measured there).
     r: int = Field(6, gt=0, description="LoRA rank: higher adds capacity and parameters (2 x width x r per matrix). "
-                   "VeRA: the rank of its shared projections (r + width per layer). Unused by ia3 and ln_tuning.")
+                   "VeRA: the rank of its shared projections (r + width per layer). AdaLoRA: the rank every module "
+                   "starts at (peft's init_r; r x (fan_in + fan_out) + r per module). Unused by ia3 and ln_tuning.")
     alpha: float = Field(12.0, gt=0, description="LoRA scaling numerator: the update is scaled by alpha / r "
                          "(alpha / sqrt(r) with rsLoRA).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
@@ -167,6 +177,32 @@ class AdapterConfig(_Section):
         "(IA)^3. Counted as 'layernorm ...' in the budget, saved with the adapter. Not with method ln_tuning, "
         "which trains exactly those.",
     )
+    # AdaLoRA's (method adalora; peft's names): every other method refuses values other than these defaults
+    target_r: int = Field(
+        ADALORA["target_r"], gt=0, description="AdaLoRA: the average rank per adapted module at the end of training "
+        "(peft's target_r), below adapter.r, the rank every module starts at (peft's init_r). The total, target_r "
+        "x modules, is shared out by importance: a module may end anywhere from 0 to r. The budget counts the "
+        "initial ranks (they all train); the shipped adapter holds the kept ones, never more.")
+    tinit: int | float = Field(
+        ADALORA["tinit"], ge=0, description="AdaLoRA: steps at the start that train every rank before any is pruned "
+        "(peft's tinit): a step count (an integer) or a fraction of the run's optimizer steps (a float below 1).")
+    tfinal: int | float = Field(
+        ADALORA["tfinal"], ge=0, description="AdaLoRA: steps at the end that train the final allocation without "
+        "changing it (peft's tfinal), steps or a fraction as tinit. In between, the total rank falls from r to "
+        "target_r per module on average along a cubic schedule.")
+    deltaT: int = Field(  # noqa: N815  peft's name
+        ADALORA["deltaT"], ge=1, description="AdaLoRA: optimizer steps between two allocations while ranks are "
+        "pruned (peft's deltaT).")
+    beta1: float = Field(
+        ADALORA["beta1"], gt=0, lt=1, description="AdaLoRA: smoothing factor of the exponential moving average of "
+        "each weight's importance |w x grad| (peft's beta1).")
+    beta2: float = Field(
+        ADALORA["beta2"], gt=0, lt=1, description="AdaLoRA: smoothing factor of the moving average of its "
+        "uncertainty, |importance - its average| (peft's beta2).")
+    orth_reg_weight: float = Field(
+        ADALORA["orth_reg_weight"], ge=0, description="AdaLoRA: weight of the regulariser that keeps P and Q "
+        "orthogonal (the mean over them of ||P^T P - I||_F and ||Q Q^T - I||_F), added to the training loss and to "
+        "the logged train_loss; 0 turns it off. The paper's 0.1 (peft's default is 0.5).")
 
     @field_validator("target_modules")
     @classmethod
@@ -182,6 +218,15 @@ class AdapterConfig(_Section):
             raise ValueError(f"{v!r} is not a layer list: use 'all', 'top-half', 'top-K' (K >= 1) or indices such "
                              "as [3, 4, 5]")
         return None if v == "all" else v  # one spelling of 'every layer', so equal configs compare equal
+
+    @field_validator("tinit", "tfinal")
+    @classmethod
+    def _steps_or_fraction(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and v.is_integer() and v >= 1:
+            return int(v)  # 100.0 is 100 steps
+        if isinstance(v, float) and v >= 1:
+            raise ValueError("must be a step count (an integer) or a fraction of the run's steps (below 1)")
+        return v
 
     @field_validator("rank_pattern")
     @classmethod
@@ -239,6 +284,9 @@ class Config(_Section):
             raise ValueError("eval.min_delta >= 1 can never be met for the loss")
         if self.selftrain.rounds and not self.data.target_source:
             raise ValueError("selftrain.rounds needs data.target_source: the unlabelled texts to pseudo-label")
+        if self.selftrain.rounds and METHODS[self.adapter.method].training:
+            raise ValueError(f"adapter.method={self.adapter.method} allocates over one schedule; selftrain.rounds "
+                             "would restart it each round: unset one of them")
         if self.optim.loraplus_lr_ratio is not None and not METHODS[self.adapter.method].loraplus:
             raise ValueError(f"optim.loraplus_lr_ratio speeds up LoRA's B matrices; adapter.method="
                              f"{self.adapter.method} has none: unset it or use adapter.method=lora")

@@ -19,12 +19,18 @@ from .targets import EncoderLayout, encoder_layout, exact_rank_pattern, resolve_
 @contextlib.contextmanager
 def quiet_peft_deprecations():
     """peft 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on
-    every build and load; and LN tuning, which wraps LayerNorms by design, probes their in/out features and warns
-    of an 'unsupported layer type'. Both are peft's, not something a user can act on, so they are silenced here
-    only."""
+    every build and load; LN tuning, which wraps LayerNorms by design, probes their in/out features and warns of
+    an 'unsupported layer type'; and AdaLoRA's saves and loads warn of sharded weights (a module pruned to rank 0)
+    and of unmatched rank_pattern keys (AdaLoRA's own pattern). All are peft's, not something a user can act on,
+    so they are silenced here only."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r"Unsupported layer type .*LayerNorm", category=UserWarning)
+        # an AdaLoRA module pruned to rank 0 saves 0-sized lora_A / lora_B, which peft's save takes for unsharded
+        # DeepSpeed or FSDP state (peft allows that rank: huggingface/peft#1539)
+        warnings.filterwarnings("ignore", message=r"Adapter .* LoRA tensor\(s\) have invalid shape")
+        # and AdaLoRA's rank pattern (its kept triplets, keyed '... .lora_E') is not LoRA's, which peft checks too
+        warnings.filterwarnings("ignore", message=r"The following rank_pattern keys did not match .*\.lora_E'\]")
         yield
 
 
@@ -54,7 +60,9 @@ def add_adapters(model: nn.Module, cfg: AdapterConfig, head_cfg: HeadConfig | st
     peft_config = method.peft_config(cfg, place)
     with quiet_peft_deprecations():
         peft_model = get_peft_model(model, peft_config)
-    for name, _ in peft_model.named_parameters():
+    for name, p in peft_model.named_parameters():
+        if any(f".{constant}." in name for constant in method.constants):
+            p.requires_grad_(False)
         if any(f".{kind}." in name for kind in method.kinds) and any(f".{h}." in f".{name}"
                                                                       for h in head.modules_to_save):
             raise ModelError(f"an adapter landed inside the head ({name}); this is a bug in target resolution")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..errors import BudgetError
+from .adalora import pruning_plan
 from .methods import METHODS, parameter_group
 
 _LAYER = re.compile(r"\.layers?\.(\d+)\.")  # BERT-style '.layer.3.', ModernBERT's '.layers.3.'
@@ -41,11 +42,14 @@ class Breakdown:
     groups: dict[str, int] = field(default_factory=OrderedDict)  # 'lora query', 'dora magnitude value', 'head', ..
     layers: dict[int, int] = field(default_factory=dict)  # encoder layer -> trainable params inside it
     excluded: list[tuple[str, int, str]] = field(default_factory=list)  # (name, numel, why)
+    # AdaLoRA: its ranks at the start (what trains: `total`) and at the end (adalora.pruning_plan); None else
+    pruning: dict | None = None
 
     def to_json(self) -> dict:
-        return {"total": self.total, "groups": dict(self.groups), "layers": {str(k): v for k, v in
-                                                                              sorted(self.layers.items())},
-                "excluded": [{"name": n, "params": c, "why": w} for n, c, w in self.excluded]}
+        out = {"total": self.total, "groups": dict(self.groups), "layers": {str(k): v for k, v in
+                                                                             sorted(self.layers.items())},
+               "excluded": [{"name": n, "params": c, "why": w} for n, c, w in self.excluded]}
+        return out | ({"pruning": self.pruning} if self.pruning else {})
 
 
 def _group(name: str) -> str:
@@ -79,6 +83,7 @@ def count_trainable(model: nn.Module) -> Breakdown:
             b.layers[layer] = b.layers.get(layer, 0) + n
     order = sorted(groups, key=_group_order)
     b.groups = OrderedDict((g, groups[g]) for g in order)
+    b.pruning = pruning_plan(model, b.total)
     return b
 
 
@@ -97,6 +102,11 @@ def format_breakdown(b: Breakdown, budget: int | None = None) -> str:
     if budget is not None:
         verdict = "fits" if b.total <= budget else f"EXCEEDS by {b.total - budget:,}"
         lines.append(f"{'budget':<{width}}  {budget:>11,}  {verdict}")
+    if b.pruning:  # the count above is what trains; the pruned adapter holds fewer, so it fits whenever that does
+        p = b.pruning
+        lines.append(f"{'after pruning':<{width}}  {p['params_at_end']:>11,}  AdaLoRA keeps {p['ranks_at_end']:,} "
+                     f"of {p['ranks_at_start']:,} ranks (target_r {p['target_r']} of r {p['init_r']} per module on "
+                     "average; the figure if every module kept target_r, the split is learned)")
     if b.layers:
         per = ", ".join(f"{k}:{v:,}" for k, v in sorted(b.layers.items()))
         lines.append(f"per encoder layer: {per}")

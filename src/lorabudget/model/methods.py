@@ -13,12 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .adalora import DEFAULTS as ADALORA_DEFAULTS
+from .adalora import AdaLoraTraining, config_problem
+from .adalora import linear_params as adalora_params
+from .adalora import peft_config as adalora_config
+
 # adapter.init -> peft's init_lora_weights
 LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 REAL_WEIGHT_INITS = ("pissa", "olora")  # decompose the pretrained weights: not on a meta-device shape
 # Adapter options some methods do not have, each at the value that means 'off'. A method that does not read one
 # refuses any other value: a DoRA or PiSSA setting that silently did nothing would mislead a comparison.
-SWITCHES = {"rank_pattern": {}, "use_dora": False, "use_rslora": False, "init": "default"}
+LORA_SWITCHES = {"rank_pattern": {}, "use_dora": False, "use_rslora": False, "init": "default"}
+SWITCHES = {**LORA_SWITCHES, **ADALORA_DEFAULTS}  # and AdaLoRA's target rank and schedule
 # What every method reads unless its entry says otherwise: a rank per module, a scaling, a dropout, the targets
 DEFAULT_READS = frozenset({"r", "alpha", "dropout", "target_modules", "rank_pattern"})
 
@@ -33,6 +39,33 @@ class Placement:
     # of the targets, the feed-forward output layers (the family's 'ffn_out' role): their input is the FFN's
     # intermediate activation, which (IA)^3 rescales (the paper's l_ff) rather than their output
     feedforward: tuple[str, ...] = ()
+
+
+class MethodTraining:
+    """What a method does in the training loop beside the optimizer: nothing, unless its entry's `training`
+    gives a subclass (AdaLoRA's rank allocation, model/adalora.py). The recipe calls each hook at its place."""
+
+    file: str | None = None  # checkpoint file of its state (safetensors), None when it keeps none
+    regulariser: Callable[[], Any] | None = None  # () -> a term added to each micro-batch's training loss
+
+    def after_step(self, step: int) -> None:
+        """After optimizer step `step` (1-based), before the gradients are zeroed."""
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state, path, way_out: str) -> None:
+        """Restore what `state` gave (a checkpoint's `file`; None when the checkpoint lacks it)."""
+
+    def before_save(self) -> None:
+        """The best weights are in the model and about to be shipped as the adapter."""
+
+    def summary(self, trainable: int) -> dict:
+        """Entries for summary.json."""
+        return {}
+
+
+NO_TRAINING = MethodTraining()
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,20 @@ class Method:
     biases: tuple[str, ...] = ("none", "all", "lora_only")  # adapter.bias values it offers
     loraplus: tuple[str, ...] = ()  # kinds that optim.loraplus_lr_ratio trains faster: LoRA's B matrices
     undecayed: tuple[str, ...] = ()  # kinds held as matrices that are scales all the same: never weight-decayed
+    # parameters peft adds that are constants (AdaLoRA's ranknum, the initial rank): peft creates them frozen, but
+    # on the meta device they come out trainable, so the build freezes them by these names
+    constants: tuple[str, ...] = ()
+    min_rank: int = 1  # the lowest r it takes (AdaLoRA: 2, to prune to a target_r of at least 1)
+    # whether `lorabudget plan` searches it unasked: AdaLoRA only with --methods, since its E vectors would outrank
+    # LoRA at the same rank on the heuristic's 'more adapter parameters' while it prunes a third of them
+    searched: bool = True
+    # (adapter section) -> why its values do not go together for this method, or None (AdaLoRA: target_r < r)
+    check: Callable[[Any], str | None] | None = None
+    # (peft model, adapter section, the run's optimizer steps) -> its MethodTraining; None: NO_TRAINING
+    training: Callable[[Any, Any, int], MethodTraining] | None = None
+
+    def train_hooks(self, model, adapter, total_steps: int) -> MethodTraining:
+        return self.training(model, adapter, total_steps) if self.training else NO_TRAINING
 
     def group(self, name: str) -> str | None:
         """The budget group of a trainable parameter ('lora attention.self.query'), or None if not this
@@ -150,7 +197,7 @@ METHODS: dict[str, Method] = {
          "lora_magnitude_vector": "dora magnitude"},
         _lora_params,
         variants={"lora": {}, "dora": {"use_dora": True}},
-        reads=DEFAULT_READS | set(SWITCHES),
+        reads=DEFAULT_READS | set(LORA_SWITCHES),
         loraplus=("lora_B", "lora_embedding_B"),
     ),
     "vera": Method(
@@ -191,6 +238,26 @@ METHODS: dict[str, Method] = {
         reads=frozenset(),
         biases=("none",),
     ),
+    "adalora": Method(
+        "AdaLoRA (peft): LoRA in SVD form, P diag(E) Q beside each adapted linear layer, r x (fan_in + fan_out) + r "
+        "parameters at the initial rank r, all of which train; during training the least important triplets "
+        "are pruned (E masked to 0) until adapter.target_r per module remains on average, shared out by "
+        "importance (schedule: adapter.tinit, tfinal, deltaT; scores: beta1, beta2; orth_reg_weight); the "
+        "shipped adapter holds the kept ranks. One r for every module; DoRA, rsLoRA, the inits and rank_pattern "
+        "are LoRA's",
+        adalora_config,
+        # its lora_A and lora_B are named as LoRA's, whose entry (first) groups them; E is its own
+        re.compile(r"\.layers?\.\d+\.(?P<module>.+?)\.(?P<kind>lora_E)\."),
+        {"lora_E": "lora"},
+        adalora_params,
+        variants={"adalora": {}},
+        reads=frozenset({"r", "alpha", "dropout", "target_modules", *ADALORA_DEFAULTS}),
+        constants=("ranknum",),
+        min_rank=2,
+        searched=False,
+        check=config_problem,
+        training=AdaLoraTraining,
+    ),
 }
 
 
@@ -224,11 +291,12 @@ def option_problem(adapter) -> str | None:
         value = getattr(adapter, option)
         if option not in method.reads and value != off:
             why = " (one rank r serves every adapted layer)" if option == "rank_pattern" and "r" in method.reads else ""
+            users = " or ".join(f"adapter.method={n}" for n, m in METHODS.items() if option in m.reads)
             return (f"adapter.{option}={value!r} is not an option of adapter.method={name}{why}; leave it at "
-                    f"{off!r} or use adapter.method=lora")
+                    f"{off!r} or use {users}")
     if adapter.bias not in method.biases:
         return (f"adapter.bias={adapter.bias!r} is not offered by adapter.method={name} (peft has no bias option "
                 f"for it); choose from {', '.join(method.biases)}")
     if adapter.train_layernorms and method.norm_params is not None:
         return f"adapter.train_layernorms is what adapter.method={name} does already; leave it false"
-    return None
+    return method.check(adapter) if method.check else None

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .augment import TokenNoise
 from .tokens import Tokenized
 
 
@@ -64,10 +65,11 @@ def collate(rows: Sequence, labels: np.ndarray | None, *, key: str, fill: float,
 
 
 class TokenBatches:
-    """Batches of padded token ids for a tokenized split (the model runs from its embeddings)."""
+    """Batches of padded token ids for a tokenized split (the model runs from its embeddings); `noise` garbles a
+    training split's rows (augment.TokenNoise)."""
 
-    def __init__(self, data: Tokenized, pad_id: int):
-        self.data, self.pad_id = data, pad_id
+    def __init__(self, data: Tokenized, pad_id: int, noise: TokenNoise | None = None):
+        self.data, self.pad_id, self.noise = data, pad_id, noise
         self.lengths = data.lengths
         self.labels = data.labels
 
@@ -76,5 +78,7 @@ class TokenBatches:
 
     def batch(self, index: np.ndarray) -> dict[str, torch.Tensor]:
         labels = None if self.labels is None else self.labels[index]
-        return collate([self.data.ids[i] for i in index], labels, key="input_ids", fill=self.pad_id,
-                       dtype=torch.long)
+        rows = [self.data.ids[i] for i in index]
+        if self.noise is not None:
+            rows = self.noise.rows(rows, index)
+        return collate(rows, labels, key="input_ids", fill=self.pad_id, dtype=torch.long)

@@ -8,6 +8,7 @@ from ..config import Config
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..runtime.precision import resolve_precision
+from .launch import check_processes
 
 
 def make_accelerator(cfg: Config, run: RunDir | None = None):
@@ -25,4 +26,5 @@ def make_accelerator(cfg: Config, run: RunDir | None = None):
     precision = resolve_precision(cfg.model.precision, probe_device)
     kwargs = accelerator_kwargs(cfg, run)  # the trackers: a missing package fails here, before the run dir is reset
     accelerator = Accelerator(cpu=cpu, mixed_precision="fp16" if precision == "fp16" else "no", **kwargs)
+    check_processes(cfg, cfg.speed.processes, accelerator.num_processes)  # as many as the config says
     return accelerator, precision

@@ -19,6 +19,8 @@ probability underflows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,18 +44,22 @@ def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
 
 
 def training_loss(model, batch: dict, *, forward, device: torch.device, weight: torch.Tensor | None,
-                  label_smoothing: float, rdrop_alpha: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  label_smoothing: float, rdrop_alpha: float,
+                  regulariser: Callable[[], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(the loss to backpropagate, R-Drop's KL term detached or None when R-Drop is off). `forward(model, batch,
-    device)` gives the logits (runtime.forward.forward_logits)."""
+    device)` gives the logits (runtime.forward.forward_logits); `regulariser()`, the adapter method's own term
+    (AdaLoRA's orthogonality), is added when given."""
     labels = batch["labels"].to(device)
     if not rdrop_alpha:
         logits = forward(model, batch, device)
-        return F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing), None
-    logits = forward(model, doubled(batch), device).float()
-    # One cross-entropy over both copies is the mean of the two passes' (each copy has the same weight sum).
-    ce = F.cross_entropy(logits, torch.cat([labels, labels]), weight=weight, label_smoothing=label_smoothing)
-    kl = symmetric_kl(*logits.chunk(2))
-    return ce + rdrop_alpha * kl, kl.detach()
+        loss, kl = F.cross_entropy(logits.float(), labels, weight=weight, label_smoothing=label_smoothing), None
+    else:
+        logits = forward(model, doubled(batch), device).float()
+        # One cross-entropy over both copies is the mean of the two passes' (each copy has the same weight sum).
+        ce = F.cross_entropy(logits, torch.cat([labels, labels]), weight=weight, label_smoothing=label_smoothing)
+        kl = symmetric_kl(*logits.chunk(2))
+        loss, kl = ce + rdrop_alpha * kl, kl.detach()
+    return (loss if regulariser is None else loss + regulariser()), kl
 
 
 def warn_without_dropout(rdrop_alpha: float, model: nn.Module, inner: nn.Module | None, prefix: int, say) -> None:

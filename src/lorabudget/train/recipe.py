@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..model.budget import format_breakdown
+from ..model.methods import METHODS
 from ..rundir import RunDir
+from ..runtime.augment import token_noise
 from ..runtime.batching import TokenBatches
 from ..runtime.forward import forward_logits
 from ..runtime.precision import DTYPES, autocast
@@ -68,7 +70,8 @@ class TrainingRecipe:
         self.compiled, self.fast_dropouts = m.compiled, m.fast_dropouts
         self.cache_storage: str | None = None  # 'memory' or 'disk', decided when the states are computed
         self.train_source, self.val_source, self.extra_sources = (
-            TokenBatches(self.train_data, self.pad_id), TokenBatches(self.val_data, self.pad_id),
+            TokenBatches(self.train_data, self.pad_id, token_noise(cfg.data, cfg.seed)),
+            TokenBatches(self.val_data, self.pad_id),
             {name: TokenBatches(data, self.pad_id) for name, data in self.extra_data.items()})
         self.class_weights = (class_weight_tensor(self.train_data.labels, len(self.labels.names)).to(self.device)
                               if cfg.optim.class_weights == "balanced" else None)
@@ -81,8 +84,12 @@ class TrainingRecipe:
         self.forward = partial(forward_logits, inner=self.inner)
         # Both regularisers add no parameter: the weight average (None when off) and the loss, R-Drop's when on.
         self.ema = make_ema(acc.unwrap_model(self.model), cfg.optim)
+        # what the adapter method does beside the optimizer (AdaLoRA: rank allocation, a regulariser); its hooks
+        self.method = METHODS[cfg.adapter.method].train_hooks(acc.unwrap_model(self.model), cfg.adapter,
+                                                              self.total_steps)
         self.loss = partial(training_loss, forward=self.forward, device=self.device, weight=self.class_weights,
-                            label_smoothing=cfg.optim.label_smoothing, rdrop_alpha=cfg.optim.rdrop_alpha)
+                            label_smoothing=cfg.optim.label_smoothing, rdrop_alpha=cfg.optim.rdrop_alpha,
+                            regulariser=self.method.regulariser)
         warn_without_dropout(cfg.optim.rdrop_alpha, model, self.inner, self.prefix, self.say)
         self.eval_every = cfg.eval.every_steps or self.schedule.steps_per_epoch
         if self.resume:
@@ -141,6 +148,7 @@ class TrainingRecipe:
             if o.max_grad_norm is not None:
                 acc.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], o.max_grad_norm)
             optimizer.step()
+            self.method.after_step(st.step + 1)  # before zero_grad: AdaLoRA scores ranks by |weight x grad|
             if self.ema is not None:
                 self.ema.update()
             scheduler.step()

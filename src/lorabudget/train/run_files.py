@@ -11,12 +11,14 @@ import numpy as np
 import torch
 
 from ..config import dump_config
+from ..model.adapters import quiet_peft_deprecations
 from ..model.weights import load_weights
 from ..rundir import RunDir, atomic_write_json, atomic_write_text, follow_umask, remove_quietly, replace_dir, writing
 from ..version import __version__
 from .averaging import EMA_FILE, evaluated_weights
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .evaluation import LoopState, evaluation_record, record
+from .launch import batch_per_process
 from .selftrain import rounds_summary
 
 
@@ -65,22 +67,46 @@ def write_run_header(recipe) -> None:
     run.set_status("running")
 
 
+RANK_RNG_FILE = "rng_ranks.safetensors"  # with several processes: each one's random state, for an exact resume
+
+
 def start_run(recipe) -> LoopState:
     """A new run: the folder is cleared only now, so a config, data or model error in setup leaves an older run
-    untouched."""
+    untouched. With several processes, each but the main one draws its dropout masks from a stream of its own
+    from here on (all built the same model from the same seed)."""
     if recipe.main:
         recipe.run.reset()
         write_run_header(recipe)
+    if recipe.rank > 0:
+        torch.manual_seed(int(np.random.SeedSequence([recipe.cfg.seed, recipe.rank]).generate_state(1)[0]))
     return LoopState()
+
+
+def rank_rng_states(recipe) -> dict[str, torch.Tensor] | None:
+    """Every process's random state (a collective: all processes call it), or None for one process."""
+    if recipe.world == 1:
+        return None
+    import torch.distributed as dist
+
+    states: list = [None] * recipe.world
+    dist.all_gather_object(states, torch.get_rng_state())
+    return {f"rank{rank}": state for rank, state in enumerate(states)}
 
 
 def resume_run(recipe) -> LoopState:
     """A killed run, from its last checkpoint: weights, optimizer, schedule, random state and loop state; the
     metrics logged after that checkpoint are dropped, since those steps are about to be redone."""
     acc, run = recipe.accelerator, recipe.run
-    tensors = {EMA_FILE: recipe.ema.load_state} if recipe.ema is not None else None
+    tensors = {EMA_FILE: recipe.ema.load_state} if recipe.ema is not None else {}
+    if recipe.method.file:  # the adapter method's own state (AdaLoRA's rank allocator)
+        tensors[recipe.method.file] = recipe.method.load_state
+    ranks: dict = {}
+    if recipe.world > 1:  # each process's own random state
+        tensors[RANK_RNG_FILE] = lambda state, path, way_out: ranks.update(state or {})
     state = LoopState(**load_checkpoint(run.last, acc.unwrap_model(recipe.model), recipe.optimizer, recipe.scheduler,
                                         run.path, say=recipe.say, tensors=tensors))
+    if f"rank{recipe.rank}" in ranks:  # the checkpoint's main random state is the main process's
+        torch.set_rng_state(ranks[f"rank{recipe.rank}"])
     if recipe.main:
         run.truncate_metrics(state.step)
         run.set_status("running", resumed_at=state.step)
@@ -109,8 +135,13 @@ def evaluate_and_checkpoint(recipe, bar) -> None:
 
 def checkpoint(recipe) -> None:
     """checkpoints/last (the one before it kept as checkpoints/previous), by the main process; all wait."""
+    ranks = rank_rng_states(recipe)  # with several processes: every one's random state
     if recipe.main:  # the trained weights, and the average beside them (both are needed to go on exactly)
-        tensors = {EMA_FILE: recipe.ema.state()} if recipe.ema is not None else None
+        tensors = {EMA_FILE: recipe.ema.state()} if recipe.ema is not None else {}
+        if ranks:
+            tensors[RANK_RNG_FILE] = ranks
+        if recipe.method.file:  # and the adapter method's own state (AdaLoRA's rank allocator)
+            tensors[recipe.method.file] = recipe.method.state()
         save_checkpoint(recipe.run.last, recipe.accelerator.unwrap_model(recipe.model), recipe.optimizer,
                         recipe.scheduler, recipe.state.to_json(), tensors)
     recipe.accelerator.wait_for_everyone()
@@ -145,7 +176,8 @@ def save_adapter(run: RunDir, model, recipe) -> None:
         with writing(tmp):
             # save_embedding_layers=False: no embedding trains here, and peft's "auto" asks the Hub about the base
             # model (a minute of retries offline) to decide whether a resized vocabulary must be saved.
-            model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+            with quiet_peft_deprecations():
+                model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             recipe.tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / "lorabudget_head.json", {
             "head": recipe.adapted.head.type, "base_model": recipe.cfg.model.name,
@@ -178,6 +210,8 @@ def run_summary(recipe, model, final_scores: dict) -> dict:
         "train_samples_per_s": round(st.samples / max(st.train_seconds, 1e-9), 2),
         "train_samples": st.samples,
         "num_processes": recipe.world,
+        "batch_size_per_process": batch_per_process(cfg, recipe.world),
+        "samples_per_step": batch_per_process(cfg, recipe.world) * recipe.world * cfg.optim.grad_accum,
         "encoder_layers": getattr(model.config, "num_hidden_layers", None),
         "frozen_prefix_cached_layers": recipe.prefix,
         "prefix_cache_storage": recipe.cache_storage,
@@ -188,6 +222,7 @@ def run_summary(recipe, model, final_scores: dict) -> dict:
                                                 "updates": recipe.ema.updates},
         "evaluated_weights": "ema" if recipe.ema is not None else "trained",
         "rdrop_alpha": cfg.optim.rdrop_alpha,
+        **recipe.method.summary(recipe.adapted.breakdown.total),  # AdaLoRA: `adalora`, its ranks as shipped
         "threads": torch.get_num_threads(),
         "device": str(recipe.device), "precision": recipe.precision,
         "data": data_facts(recipe),
@@ -206,6 +241,7 @@ def finish_run(recipe, final_scores: dict) -> dict:
     if recipe.main:
         model = acc.unwrap_model(recipe.model)
         load_weights(model, run.best, "the run's best weights are lost: start it again with --overwrite")
+        recipe.method.before_save()  # AdaLoRA: the ranks the best weights use, which peft's save keeps
         save_adapter(run, model, recipe)
         summary = run_summary(recipe, model, final_scores)
         plot_training_curves(run.read_metrics(), run.plots)

@@ -19,6 +19,7 @@ from ..data import load_source
 from ..data.normalize import normalize_texts
 from ..model.weights import load_weights
 from ..rundir import atomic_write_json, read_json
+from ..runtime.augment import token_noise
 from ..runtime.batching import TokenBatches
 from ..runtime.inference import ordered, predict_logits
 from ..runtime.priors import adapt_priors
@@ -90,7 +91,7 @@ def apply_round(recipe, k: int, record: dict, start: int) -> None:
     pseudo = [target.ids[i] for i in record["indices"]]
     labels = np.concatenate([recipe.train_labels, np.asarray(record["labels"], dtype=np.int64)])
     recipe.train_data = Tokenized(list(recipe.labelled_train.ids) + pseudo, labels)
-    recipe.train_source = TokenBatches(recipe.train_data, recipe.pad_id)
+    recipe.train_source = TokenBatches(recipe.train_data, recipe.pad_id, token_noise(cfg.data, cfg.seed + k))
     optim = cfg.optim.model_copy(update={"epochs": s.epochs, "max_steps": None, "lr": s.lr or cfg.optim.lr,
                                          "probe_epochs": 0.0})  # the head has been fitted: no second probe
     micro = len(recipe._epoch_batches(0))

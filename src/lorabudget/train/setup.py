@@ -19,6 +19,7 @@ from ..runtime.fastdropout import use_fast_dropout
 from ..runtime.precision import hold_frozen_in
 from ..runtime.prefix import cache_states, encoder_model, frozen_prefix_length
 from ..runtime.tokens import Tokenized, cache_dir, tokenize
+from .launch import splits_batch
 
 
 @dataclass
@@ -66,7 +67,9 @@ def prepare_model(cfg: Config, labels: LabelSpace, precision: str, device: torch
     if precision == "bf16":
         hold_frozen_in(model, torch.bfloat16)
     model.to(device)
-    prefix = frozen_prefix_length(model) if cfg.speed.cache_frozen_prefix else 0
+    # token noise (data.token_drop / token_swap) garbles each batch anew: the layers below cannot be computed once
+    noisy = cfg.data.token_drop > 0 or cfg.data.token_swap > 0
+    prefix = frozen_prefix_length(model) if cfg.speed.cache_frozen_prefix and not noisy else 0
     # Compiled for the training forward only: the module (names, checkpoints, evaluation) stays the same.
     # Not with a cached prefix: its forward swaps modules in and out, which would recompile every step.
     compiled = cfg.speed.compile and not prefix
@@ -78,10 +81,15 @@ def prepare_model(cfg: Config, labels: LabelSpace, precision: str, device: torch
 
 
 def epoch_batches(cfg: Config, lengths: np.ndarray, epoch: int, rank: int, world: int) -> list[np.ndarray]:
-    """This process's micro-batches of an epoch: a pure function of (seed, epoch), equal count per process."""
+    """This process's micro-batches of an epoch: a pure function of (seed, epoch), equal count per process. With
+    speed.processes N > 1 every batch of optim.batch_size rows is shared out, each process taking every N-th row
+    (rows of similar length, so that none waits for the others); a batch too short to share evenly loses its
+    last rows. Under an outside launcher with speed.processes 1, each process takes every world-th batch."""
     s = cfg.speed
     batches = train_batches(lengths, cfg.optim.batch_size, cfg.seed, epoch, bucket=s.length_buckets,
                             window_batches=s.bucket_size_batches)
+    if splits_batch(cfg, world):
+        return [b[rank::world][:len(b) // world] for b in batches if len(b) >= world]
     per_rank = len(batches) // world
     return batches[rank::world][:per_rank]
 

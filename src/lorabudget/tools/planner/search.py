@@ -118,6 +118,8 @@ def candidate_config(base: Config, shape: ModelShape, budget: int, cand: Candida
         layers=None if len(cand.layers) == shape.n_layers else list(cand.layers),
         method=cand.method, use_dora=cand.dora, bias=cand.bias,
     )
+    if "target_r" in method.reads:  # AdaLoRA prunes the planned r by the base's share (2/3: 6 -> 4), like alpha
+        raw["adapter"]["target_r"] = min(r - 1, max(1, round(r * base.adapter.target_r / base.adapter.r)))
     raw["head"].update(type=cand.head, rank=cand.head_rank)
     return build_config(raw, "planned candidate")
 
@@ -142,9 +144,13 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return items
 
 
+# the variants searched when --methods is not given (AdaLoRA only when asked: Method.searched)
+SEARCHED = tuple(v for v, (method, _) in VARIANTS.items() if METHODS[method].searched)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
-    methods: tuple[str, ...] = tuple(VARIANTS)
+    methods: tuple[str, ...] = SEARCHED
     modules: tuple[str, ...] = tuple(ROLES)  # roles; those the family lacks are left out at search time
     ranks: tuple[int, ...] = DEFAULT_RANKS
     heads: tuple[str, ...] | None = None  # None: every head the model family offers
@@ -157,7 +163,7 @@ class SearchSpace:
         from ...model.heads import HEADS
 
         space = cls(
-            methods=_csv(methods, "methods", tuple(VARIANTS)) or tuple(VARIANTS),
+            methods=_csv(methods, "methods", tuple(VARIANTS)) or SEARCHED,
             modules=_csv(modules, "modules", tuple(ROLES)) or tuple(ROLES),
             ranks=_ints(ranks, "ranks") if ranks is not None else DEFAULT_RANKS,
             heads=_csv(heads, "heads", tuple(HEADS)),
@@ -210,6 +216,7 @@ def rank_vectors(method: str, n: int, grid: tuple[int, ...]) -> list[tuple[int, 
     """The rank assignments of n modules a method can take: any per module (LoRA), one for all (VeRA), or a
     single placeholder where the rank changes nothing ((IA)^3, LN tuning)."""
     ranks = METHODS[method].ranks
+    grid = tuple(r for r in grid if r >= METHODS[method].min_rank)
     if ranks == "per module":
         return list(itertools.product(grid, repeat=n))
     return [(r,) * n for r in grid] if ranks == "shared" else [(grid[0],) * n]
