@@ -10,11 +10,9 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import tiny_config, write_config
+from safetensors.torch import load_file
 
 # Installed as sitecustomize in the processes of the stopped run: every optimizer step slowed down, so that the
 # test can signal the run in its middle.

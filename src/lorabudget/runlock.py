@@ -4,6 +4,10 @@ the file's content only names the holder (pid, host, command, since) for the mes
 
 Readers (evaluate, predict, report) never take the lock: they ask `writer_of` whether a live process holds it, to
 say that the run is still being written.
+
+The processes that `lorabudget train` starts for one run (speed.processes) inherit its lock: the descriptor is
+passed to them (its number in LORABUDGET_LOCK_FD), so the lock lives until the last of them ends, and their main
+process writes the run under it instead of refusing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ except ImportError:  # Windows: no flock; runs there are not guarded against a s
     fcntl = None
 
 LOCK_NAME = ".lock"
+INHERITED_LOCK_ENV = "LORABUDGET_LOCK_FD"
 # A reader's probe (`writer_of`) holds a shared lock for microseconds: a writer retries this long before refusing.
 _PROBE_GRACE_S = 1.0
 _held: dict[Path, list] = {}  # resolved folder -> [fd, depth]: re-entrant within one process
@@ -68,6 +73,10 @@ class RunLock:
         if fcntl is None:
             _held[key] = [None, 1]
             return self
+        inherited = _inherited(self.folder)
+        if inherited is not None:  # a process that `lorabudget train` started: its lock is this process's too
+            _held[key] = [inherited, 1]
+            return self
         self.created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -111,11 +120,36 @@ class RunLock:
             os.close(entry[0])  # closing the descriptor releases the lock
 
 
+def _inherited(folder: Path) -> int | None:
+    """The descriptor of `folder`'s lock that this process inherited from the command that started it (and holds
+    the lock through), or None."""
+    try:
+        fd = int(os.environ[INHERITED_LOCK_ENV])
+        mine, lock = os.fstat(fd), os.stat(folder / LOCK_NAME)
+    except (KeyError, ValueError, OSError):
+        return None
+    if (mine.st_dev, mine.st_ino) != (lock.st_dev, lock.st_ino):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds at once on the description that holds it
+    except OSError:
+        return None
+    return fd
+
+
+def held_descriptor(folder: str | Path) -> int | None:
+    """The descriptor through which this process holds `folder`'s lock (to pass to the processes it starts)."""
+    entry = _held.get(Path(folder).resolve())
+    return entry[0] if entry else None
+
+
 def writer_of(folder: str | Path) -> dict | None:
     """The holder of the folder's lock (pid, host, command, since), or None when no other live process holds it
-    (this process's own lock is no other writer)."""
+    (this process's own lock, or the one it inherited, is no other writer)."""
     path = Path(folder) / LOCK_NAME
     if fcntl is None or not path.is_file() or Path(folder).resolve() in _held:
+        return None
+    if _inherited(Path(folder)) is not None:
         return None
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -138,6 +138,23 @@ class SpeedConfig(_Section):
         description="torch.compile the training forward. Pays off on GPUs (fused elementwise kernels); on CPUs the "
         "compile takes minutes and measured no faster here (see docs/benchmarks.md).",
     )
+    processes: int | Literal["auto"] = Field(
+        1,
+        description="Data-parallel training processes on this machine: `lorabudget train` (and --resume) starts "
+        "them itself (torch.distributed, gloo on CPUs), each with cores / N threads, and they train one run. "
+        "optim.batch_size stays the batch of one micro-step over all of them: each process takes batch_size / N "
+        "rows of it (batch_size must divide by N). 'auto': 2 on a CPU with at least 2 physical cores when the "
+        "encoder is small (hidden size <= 512, batch <= 64, two copies fit half the free memory), else 1; on a "
+        "GPU 1. config.yaml records the number that ran, so --resume starts as many. Under an outside launcher "
+        "(torchrun, accelerate launch) with 1, each process takes a whole batch_size, as before.",
+    )
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, v):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("expected a whole number of processes (1, 2, ...) or 'auto'")
 
 
 class SelfTrainConfig(_Section):

@@ -212,8 +212,8 @@ def forwarding(procs: list):
 
 def wait_all(procs: list, received: list) -> list[tuple[int, int]]:
     """Wait for every process; the (rank, exit code) of those that failed, in the order they were seen to. When
-    one fails by itself (no stop asked), the others get FAILURE_GRACE_S to end, then are killed: they would
-    otherwise wait for it in the next collective."""
+    one fails (other than by the stop asked for), the others get FAILURE_GRACE_S to end, then are killed: they
+    would otherwise wait for it in the next collective."""
     failed: list[tuple[int, int]] = []
     first_failure = None
     while True:
@@ -224,10 +224,11 @@ def wait_all(procs: list, received: list) -> list[tuple[int, int]]:
                 running = True
             elif code != 0 and all(r != rank for r, _ in failed):
                 failed.append((rank, code))
-                first_failure = first_failure or time.monotonic()
+                if not (received and code in (130, 143)):  # not the stop that was asked for
+                    first_failure = first_failure or time.monotonic()
         if not running:
             return failed
-        if first_failure and not received and time.monotonic() - first_failure > FAILURE_GRACE_S:
+        if first_failure and time.monotonic() - first_failure > FAILURE_GRACE_S:
             for p in procs:
                 if p.poll() is None:
                     p.kill()
