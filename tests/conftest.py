@@ -215,3 +215,36 @@ def write_config(path: Path, cfg: dict) -> Path:
 
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def check_plan_equals_build(cfg, shape, num_labels: int = 3):
+    """The planner's arithmetic for `cfg` on `shape` against the model built on the meta device through the real
+    code path: the total (also as plain requires_grad parameters, peft's frozen copies aside), every budget group
+    and every layer. Returns the built breakdown for further checks."""
+    from lorabudget.model.adapters import add_adapters
+    from lorabudget.model.backbone import build_on_meta
+    from lorabudget.model.budget import count_trainable
+    from lorabudget.tools import planner
+
+    model, _, _ = add_adapters(build_on_meta(cfg.model.name, num_labels), cfg.adapter, cfg.head, meta_ok=True)
+    counts = planner.count_allocation(shape, planner.allocation_from_config(cfg, shape))
+    built = count_trainable(model)
+    assert counts.total == built.total == sum(p.numel() for n, p in model.named_parameters()
+                                              if p.requires_grad and ".original_module." not in n)
+    assert counts.groups == dict(built.groups) and counts.layers == built.layers
+    return built
+
+
+def torchrun_train(cfg: Path, cwd: Path, max_steps: int, processes: int = 2):
+    """`lorabudget train -c CFG --max-steps N` as `processes` gloo processes under torchrun, on CPU, one thread
+    each; fails the test with the output's tail unless it exits 0."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                          str(processes), "-m", "lorabudget.cli", "train", "-c", str(cfg), "--max-steps",
+                          str(max_steps)], capture_output=True, text=True, timeout=180, env=env, cwd=cwd)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res

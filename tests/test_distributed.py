@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from conftest import tiny_config, write_config
+from conftest import tiny_config, torchrun_train, write_config
 
 
 def test_two_processes_train_to_a_finished_run(tiny_roberta, easy_csv, tmp_path):
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tiny_roberta, easy_csv, out, eval={"every_steps": 6}))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                          "2", "-m", "lorabudget.cli", "train", "-c", str(cfg), "--max-steps", "12"],
-                         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    torchrun_train(cfg, tmp_path, max_steps=12)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2
     assert summary["steps"] == 12

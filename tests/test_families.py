@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tokenizer, make_texts, one_torch_thread, tiny_config, write_config
+from conftest import build_tokenizer, check_plan_equals_build, make_texts, one_torch_thread, tiny_config, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +25,6 @@ from lorabudget.config import build_config
 from lorabudget.errors import ModelError
 from lorabudget.model.adapters import add_adapters
 from lorabudget.model.backbone import build_on_meta
-from lorabudget.model.budget import count_trainable
 from lorabudget.model.families import FAMILIES
 from lorabudget.model.heads import HEADS, check_family
 from lorabudget.tools import planner
@@ -113,12 +112,7 @@ def test_planner_arithmetic_equals_the_built_model(model_type, family_models):
     @given(drawn=allocations(model_type))
     def check(drawn):
         adapter, head = drawn
-        cfg = build_config({"model": {"name": folder}, "adapter": adapter, "head": head})
-        model, _, _ = add_adapters(build_on_meta(folder, 3), cfg.adapter, cfg.head, meta_ok=True)
-        counts = planner.count_allocation(shape, planner.allocation_from_config(cfg, shape))
-        built = count_trainable(model)
-        assert counts.total == built.total
-        assert counts.groups == dict(built.groups) and counts.layers == built.layers
+        check_plan_equals_build(build_config({"model": {"name": folder}, "adapter": adapter, "head": head}), shape)
 
     check()
 

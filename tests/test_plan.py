@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import make_texts
+from conftest import check_plan_equals_build, make_texts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -172,16 +172,8 @@ def adapter_and_head(draw, family: str):
 
 
 def _check_random_config(model_dir: Path, adapter: dict, head: dict) -> None:
-    from lorabudget.model.backbone import build_on_meta
-    from lorabudget.model.budget import count_trainable
-
     cfg = config(str(model_dir), adapter, head)
-    labels = 3
-    model, _, _ = add_adapters(build_on_meta(str(model_dir), labels), cfg.adapter, cfg.head, meta_ok=True)
-    counts = arithmetic(cfg, planner.model_shape(str(model_dir), labels))
-    assert counts.total == really_trains(model)
-    built = count_trainable(model)
-    assert counts.groups == dict(built.groups) and counts.layers == built.layers
+    check_plan_equals_build(cfg, planner.model_shape(str(model_dir), 3))
 
 
 @SETTINGS

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_texts, slow_cli, tiny_config, write_config
+from conftest import make_texts, slow_cli, tiny_config, torchrun_train, write_config
 from safetensors.torch import load_file
 
 from lorabudget.cli import main
@@ -321,11 +321,7 @@ def test_two_processes_keep_one_average_and_score_with_it(tiny_roberta, easy_csv
     cfg = write_config(tmp_path / "cfg.yaml", tiny_config(tiny_roberta, easy_csv, out, adapter={"dropout": 0.1},
                                                           optim={"ema_decay": 0.9, "rdrop_alpha": 1.0},
                                                           eval={"every_steps": 12}))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                          "2", "-m", "lorabudget.cli", "train", "-c", str(cfg), "--max-steps", "12"],
-                         capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    torchrun_train(cfg, tmp_path, max_steps=12)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["ema"]["updates"] == 12 and summary["best"]["step"] == 12
     best, average = (load_file(out / "checkpoints" / name) for name in ("best/trainable.safetensors",
