@@ -10,6 +10,7 @@ runs on the tiny models of conftest.
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 from pathlib import Path
@@ -504,3 +505,21 @@ def test_adalora_schedule_that_leaves_no_allocation_is_refused_at_train(tiny_rob
     assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 2
     err = capsys.readouterr().err
     assert "adapter.tinit=3" in err and "5-step run" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", RUNS)
+def test_method_trains_in_bf16_with_adapter_inputs_left_in_bf16(name, tiny_roberta, tiny_bert, easy_csv, tmp_path):
+    """Under bf16 autocast peft's input casts are switched off where its layers have them (the LoRA family:
+    runtime/precision.keep_adapter_inputs_in): every method still trains, its loss finite, its adapters moved."""
+    out = tmp_path / "run"
+    cfg = _run_config(name, tiny_roberta, tiny_bert, easy_csv, out)
+    cfg["model"]["precision"] = "bf16"
+    assert main(["train", "-c", str(write_config(tmp_path / "a.yaml", cfg))]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    adapter = RUNS[name][1]
+    lora_family = adapter.get("method", "lora") in ("lora", "adalora") and not adapter.get("use_dora")
+    assert summary["precision"] == "bf16" and (summary["adapter_input_casts_skipped"] > 0) is lora_family
+    losses = [json.loads(line)["train_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if '"train_loss"' in line]
+    assert losses and all(map(math.isfinite, losses))
+    _trained_adapter_moved(out)

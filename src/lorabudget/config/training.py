@@ -130,8 +130,9 @@ class SpeedConfig(_Section):
     fast_dropout: bool = Field(
         True,
         description="On CPUs, draw dropout masks from numpy's SFC64 bits instead of torch's per-element sampler: the "
-        "same keep probability, about 2x cheaper; the encoder's, the head's and the adapters' dropout alike. Not "
-        "with speed.compile, which generates its own.",
+        "same keep probability, several times cheaper; the encoder's, the head's and the adapters' dropout alike, "
+        "and attention-probability dropout where the encoder's attention goes through transformers' sdpa interface "
+        "(runtime/attention.py). Not with speed.compile, which generates its own.",
     )
     compile: bool = Field(
         False,

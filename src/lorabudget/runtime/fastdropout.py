@@ -5,7 +5,8 @@ Why by hand: PyTorch's CPU dropout draws its mask element by element from a scal
 as the 384x384 matmul whose input it masks, and a LoRA recipe masks the input of every adapted layer. Here,
 numpy's SFC64 bit generator yields 16 random bits per element at about 0.3 ns, and comparing them with a
 threshold gives the same Bernoulli(1 - p) keep mask: forward and backward together cost 2x less (6.1 against
-12.3 ns per element, 1 thread, `python benchmarks/dropout.py`). Neither torch nor numpy ships a faster CPU
+12.3 ns per element, 1 thread, `python benchmarks/dropout.py`), and the mask itself, drawn and converted as
+below, costs 1.1 ns per element against 10.9 for `bernoulli_`. Neither torch nor numpy ships a faster CPU
 dropout; `torch.compile` generates one, but costs minutes of compiling on a CPU (docs/benchmarks.md).
 
 The distribution is dropout's: each element kept with probability 1 - p (p rounded to a multiple of 1/65536),
@@ -25,12 +26,19 @@ _LEVELS = 1 << 16  # 16 random bits per element
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     """0 with probability p, 1 / (1 - p) otherwise, on the CPU, drawn from 16-bit words of SFC64."""
+    with torch.profiler.record_function("keep_mask"):  # numpy's work shows in profiles under this name
+        return _keep_mask(shape, p, dtype)
+
+
+def _keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     n = int(np.prod(shape))
     seed = int(torch.randint(0, 2**62, (1,)))  # from torch's generator: seeded and checkpointed as the run is
     words = np.random.SFC64(seed).random_raw((n + 3) // 4)  # 64 bits = four 16-bit draws
-    bits = torch.from_numpy(words.view(np.int16)[:n]).view(shape)
     threshold = round(p * _LEVELS) - _LEVELS // 2  # int16 spans [-32768, 32767]: P(bits >= t) = 1 - p
-    return (bits >= threshold).to(dtype).mul_(1.0 / (1.0 - p))
+    # The comparison in numpy (vectorised: 0.1 ns per element, torch's on int16 0.75) and the conversion from
+    # uint8 (torch converts bool to bf16 element by element: 1.6 ns, uint8 0.3): the same mask, 4x cheaper.
+    kept = np.greater_equal(words.view(np.int16)[:n], threshold).view(np.uint8)
+    return torch.from_numpy(kept).view(shape).to(dtype).mul_(1.0 / (1.0 - p))
 
 
 class FastDropout(nn.Module):

@@ -68,6 +68,7 @@ class TrainingRecipe:
         m = prepare_model(cfg, self.labels, self.precision, self.device, say=self.say)
         self.adapted, model, self.inner, self.prefix = m.adapted, m.adapted.model, m.inner, m.prefix
         self.compiled, self.fast_dropouts = m.compiled, m.fast_dropouts
+        self.fast_attention_dropout, self.input_casts_skipped = m.fast_attention_dropout, m.input_casts_skipped
         self.cache_storage: str | None = None  # 'memory' or 'disk', decided when the states are computed
         self.train_source, self.val_source, self.extra_sources = (
             TokenBatches(self.train_data, self.pad_id, token_noise(cfg.data, cfg.seed)),

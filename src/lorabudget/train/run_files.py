@@ -217,6 +217,8 @@ def run_summary(recipe, model, final_scores: dict) -> dict:
         "prefix_cache_storage": recipe.cache_storage,
         "compiled": recipe.compiled,
         "fast_dropout_modules": recipe.fast_dropouts,
+        "fast_attention_dropout": recipe.fast_attention_dropout,
+        "adapter_input_casts_skipped": recipe.input_casts_skipped,
         # the regularisers that add no parameter: which weights were evaluated and shipped, and R-Drop's weight
         "ema": None if recipe.ema is None else {"decay": recipe.ema.decay, "warmup": recipe.ema.warmup,
                                                 "updates": recipe.ema.updates},

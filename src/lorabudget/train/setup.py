@@ -14,9 +14,10 @@ from ..data import LabelSpace, TrainingData, load_training_data
 from ..data.normalize import normalize_texts
 from ..model.backbone import load_tokenizer
 from ..model.build import AdaptedModel, build_adapted_model
+from ..runtime.attention import use_cpu_dropout_attention
 from ..runtime.batching import train_batches
 from ..runtime.fastdropout import use_fast_dropout
-from ..runtime.precision import hold_frozen_in
+from ..runtime.precision import hold_frozen_in, keep_adapter_inputs_in
 from ..runtime.prefix import cache_states, encoder_model, frozen_prefix_length
 from ..runtime.tokens import Tokenized, cache_dir, tokenize
 from .launch import splits_batch
@@ -57,6 +58,8 @@ class PreparedModel:
     prefix: int  # encoder layers computed once and cached (0: none)
     compiled: bool  # whether the training forward runs under torch.compile
     fast_dropouts: int  # dropout modules swapped for runtime.fastdropout's
+    fast_attention_dropout: bool  # attention probabilities dropped by runtime.attention's cheap mask
+    input_casts_skipped: int  # adapter layers whose input peft no longer casts to fp32 (runtime.precision)
 
 
 def prepare_model(cfg: Config, labels: LabelSpace, precision: str, device: torch.device, say) -> PreparedModel:
@@ -66,6 +69,8 @@ def prepare_model(cfg: Config, labels: LabelSpace, precision: str, device: torch
     model = adapted.model
     if precision == "bf16":
         hold_frozen_in(model, torch.bfloat16)
+    # under autocast the adapters' matmuls run in the compute precision whatever peft casts their input to
+    casts_skipped = keep_adapter_inputs_in(model) if precision != "fp32" else 0
     model.to(device)
     # token noise (data.token_drop / token_swap) garbles each batch anew: the layers below cannot be computed once
     noisy = cfg.data.token_drop > 0 or cfg.data.token_swap > 0
@@ -76,8 +81,10 @@ def prepare_model(cfg: Config, labels: LabelSpace, precision: str, device: torch
     if cfg.speed.compile and prefix:
         say("speed.compile is not applied: the frozen prefix is cached, and its forward swaps modules")
     # Not under torch.compile: it generates a fast dropout itself, and numpy calls would break its graph.
-    fast = use_fast_dropout(model) if cfg.speed.fast_dropout and device.type == "cpu" and not compiled else 0
-    return PreparedModel(adapted, encoder_model(model), prefix, compiled, fast)
+    cheap_masks = cfg.speed.fast_dropout and device.type == "cpu" and not compiled
+    fast = use_fast_dropout(model) if cheap_masks else 0
+    attention = cheap_masks and use_cpu_dropout_attention(model)
+    return PreparedModel(adapted, encoder_model(model), prefix, compiled, fast, attention, casts_skipped)
 
 
 def epoch_batches(cfg: Config, lengths: np.ndarray, epoch: int, rank: int, world: int) -> list[np.ndarray]:
