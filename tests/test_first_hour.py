@@ -173,6 +173,32 @@ def test_own_validation_sets_train_on_all_of_train_and_are_each_scored(tiny_robe
     assert "## Accuracy on each evaluation set" in page and "| run | validation | shifted_dev |" in page
 
 
+def test_held_out_in_the_list_is_the_split_of_train(tiny_roberta, easy_csv, tmp_path):
+    """data.validation_source: [target-like rows, held_out]: the target-like rows decide, the rows a run without
+    the field would hold out are held out all the same and scored beside them, and `evaluate` re-derives the
+    deciding set whichever it is."""
+    from lorabudget.config import build_config
+    from lorabudget.data import load_training_data
+
+    dev = write_csv(tmp_path / "target-dev.csv", make_texts(30, seed=23))
+    plain = load_training_data(build_config(tiny_config(tiny_roberta, easy_csv, tmp_path / "x"))).split
+    for order in ([str(dev), "held_out"], ["held_out", str(dev)]):
+        run = tmp_path / "-".join(Path(s).stem for s in order)
+        cfg = tiny_config(tiny_roberta, easy_csv, run, optim={"max_steps": 4}, eval={"every_steps": 4})
+        cfg["data"]["validation_source"] = order
+        split = load_training_data(build_config(cfg)).split
+        assert split.train.ids == plain.train.ids  # the same rows train ...
+        held = split.extra["held_out"] if order[0] != "held_out" else split.validation
+        assert held.ids == plain.validation.ids  # ... and the same rows are held out
+        assert main(["train", "-c", str(write_config(tmp_path / f"{run.name}.yaml", cfg))]) == 0
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["data"]["validation_rows"] == (30 if order[0] != "held_out" else len(plain.validation))
+        assert set(summary["final"]["sets"]) == {"held_out" if order[0] != "held_out" else "target_dev"}
+        assert main(["evaluate", str(run), "--out", str(run / "eval")]) == 0
+        scores = json.loads((run / "eval" / "metrics.json").read_text())
+        assert scores["accuracy"] == pytest.approx(summary["final"]["accuracy"], abs=1e-9)
+
+
 def test_train_predicts_a_file_with_the_best_checkpoint(tiny_roberta, easy_csv, easy_jsonl, tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "submission.csv"
     cfg = write_config(tmp_path / "c.yaml", tiny_config(tiny_roberta, easy_csv, run, optim={"max_steps": 8}))

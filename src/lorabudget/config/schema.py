@@ -79,7 +79,8 @@ class DataConfig(_Section):
         description="Evaluation sets of your own (any supported source, labelled; its test split if it has one) "
         "instead of a split held out of train: the run then trains on all of train. The first decides the best "
         "checkpoint and early stopping; every one is scored at each evaluation, logged (val_<name>_accuracy, ...) "
-        "and plotted. One source or a list.",
+        "and plotted. One source or a list. The name `held_out` in the list stands for the validation_size rows "
+        "held out of train (as without this field), e.g. [target_dev.csv, held_out].",
     )
     max_train_samples: int | None = Field(
         None, ge=1, description="Use at most this many training rows (stratified sample), for quick runs."

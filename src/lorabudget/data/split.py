@@ -40,6 +40,9 @@ def _stratified_take(labels: np.ndarray, n_take: int, rng: np.random.Generator,
     return np.sort(np.concatenate(chosen))
 
 
+HELD_OUT = "held_out"  # in data.validation_source: the validation_size rows held out of train, by split_seed
+
+
 @dataclass
 class Split:
     train: Examples
@@ -113,15 +116,21 @@ def evaluation_set_names(sources: list[str]) -> list[str]:
 
 
 def split_with_own_validation(examples: Examples, cfg: DataConfig, labels: LabelSpace, source: str) -> Split:
-    """All of train trains (up to max_train_samples); the evaluation sets are the user's own sources."""
+    """The evaluation sets are the user's own sources. All of train trains (up to max_train_samples), unless one
+    of them is `held_out` (HELD_OUT): then data.validation_size rows are held out of train as without
+    validation_source (the same rows, by split_seed) and scored under that name, in that place of the list."""
     if examples.labels is None:
         raise DataError(f"{source}: training data needs labels (column {cfg.label_column!r})")
-    rng = np.random.default_rng(cfg.split_seed)
-    train_idx = _limit_train(np.asarray(examples.labels), np.arange(len(examples)), cfg, rng, source)
-    sets = [evaluation_examples(cfg, s, labels) for s in cfg.validation_source]
+    if HELD_OUT in cfg.validation_source:
+        held = split_train_validation(examples, cfg, source)
+        train, held_out = held.train, held.validation
+    else:
+        rng = np.random.default_rng(cfg.split_seed)
+        train = examples.subset(_limit_train(np.asarray(examples.labels), np.arange(len(examples)), cfg, rng,
+                                             source).tolist())
+    sets = [held_out if s == HELD_OUT else evaluation_examples(cfg, s, labels) for s in cfg.validation_source]
     names = evaluation_set_names(cfg.validation_source)
-    return Split(examples.subset(train_idx.tolist()), sets[0], validation_hash(sets[0].ids),
-                 dict(zip(names[1:], sets[1:])))
+    return Split(train, sets[0], validation_hash(sets[0].ids), dict(zip(names[1:], sets[1:])))
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..config import dump_config
+from ..data.split import HELD_OUT
 from ..model.adapters import quiet_peft_deprecations
 from ..model.weights import load_weights
 from ..rundir import RunDir, atomic_write_json, atomic_write_text, follow_umask, remove_quietly, replace_dir, writing
@@ -40,8 +41,9 @@ def data_facts(recipe) -> dict:
              "validation_rows": len(split.validation), "validation_hash": split.validation_hash,
              "split_seed": recipe.cfg.data.split_seed}
     if sources:  # the user's own evaluation sets: the first decides, the others by name
-        facts.update(validation_source=absolute(sources[0]),
-                     evaluation_sets={name: len(rows) for name, rows in split.extra.items()})
+        facts["evaluation_sets"] = {name: len(rows) for name, rows in split.extra.items()}
+        if sources[0] != HELD_OUT:  # rows held out of train are re-derived from the source, as without sources
+            facts["validation_source"] = absolute(sources[0])
     return facts
 
 
