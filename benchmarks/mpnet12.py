@@ -2,6 +2,7 @@
 
     python benchmarks/mpnet12.py [--recipes recommended notebook published-best] [--seeds 1 2] [--epochs 1]
                                  [--jobs 2] [--out runs/bench-mpnet12] [--results benchmarks/results/mpnet12.json]
+                                 [--figure docs/recipes/mpnet12-curves.png] [--record-only]
 
 The model comes from PyPI (benchmarks/mpnet_model.py: downloaded, checked and unpacked once). Its linear layers
 have roberta-base's shapes and its own head is roberta's size, so each recipe trains exactly the count it has on
@@ -75,11 +76,15 @@ def record(results: Path, out: Path, names: list[str]) -> dict:
     for name in names:
         for summary_file in sorted((out / name).glob("seed-*/summary.json")):
             s = json.loads(summary_file.read_text())
+            metrics = (summary_file.parent / "metrics.jsonl").read_text().splitlines()
+            curve = [{"step": r["step"], "validation": r["val_accuracy"], "ood_dev": r["val_ood_dev_accuracy"]}
+                     for r in map(json.loads, metrics) if "val_ood_dev_accuracy" in r]
             data["runs"][f"{name}/{summary_file.parent.name}"] = {
                 "recipe": name, "seed": int(summary_file.parent.name.split("-")[1]), "trainable": s["trainable_params"],
                 "validation": s["best"]["accuracy"], "ood_dev": s["best"]["sets"]["ood_dev"]["accuracy"],
                 "best_step": s["best"].get("step"), "train_seconds": s.get("train_seconds"),
-                "precision": s.get("precision"), "threads": s.get("threads"), "cpu_avx512_bf16": bf16}
+                "precision": s.get("precision"), "threads": s.get("threads"), "cpu_avx512_bf16": bf16,
+                "curve": curve}
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
@@ -99,6 +104,43 @@ def table(data: dict) -> str:
     return "\n".join(rows)
 
 
+COLOURS = {"recommended": "tab:blue", "notebook": "tab:orange", "published-best": "tab:green"}
+
+
+def figure(data: dict, path: Path) -> Path:
+    """Validation and OOD dev accuracy at every evaluation, a line per run, a colour per recipe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for (title, key), ax in zip((("validation (1,000 AG News rows, decides)", "validation"),
+                                 ("OOD dev (487 rows of the course's hidden test)", "ood_dev")), axes):
+        labelled = set()
+        for run in sorted(data["runs"].values(), key=lambda r: (r["recipe"], r["seed"])):
+            if not run.get("curve"):
+                continue
+            name = run["recipe"]
+            ax.plot([c["step"] for c in run["curve"]], [100 * c[key] for c in run["curve"]], marker="o",
+                    markersize=3, color=COLOURS.get(name, "grey"), alpha=0.85,
+                    linestyle="-" if run["seed"] == 1 else "--",
+                    label=f"{name} ({run['trainable']:,})" if name not in labelled else None)
+            labelled.add(name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step (batch 32; 1 epoch = 574 steps)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right", title="recipe (trainable); dashed: seed 2", title_fontsize=8)
+    fig.suptitle("roberta-base's recipes on a 12-layer encoder of its shape (all-mpnet-base-v2), budget 1,000,000",
+                 fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
@@ -109,8 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-dir", type=Path, default=mpnet_model.DEFAULT_DIR)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-mpnet12")
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "recipes" / "mpnet12-curves.png")
+    ap.add_argument("--record-only", action="store_true", help="train nothing: record the finished runs under "
+                    "OUT, print the table and draw the figure")
     args = ap.parse_args(argv)
     out = args.out.resolve()
+    if args.record_only:
+        figures = record(args.results, out, args.recipes)
+        print(table(figures))
+        print(f"\nfigure: {figure(figures, args.figure)}")
+        return 0
     model = Path(subprocess.run([sys.executable, str(Path(__file__).parent / "mpnet_model.py"), "--dir",
                                  str(args.model_dir)], check=True, capture_output=True, text=True)
                  .stdout.strip().splitlines()[-1])
@@ -128,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = record(args.results, out, args.recipes)
     print(f"\n12-layer proof on all-mpnet-base-v2 ({args.epochs:g} epoch(s)); figures from {args.results}\n")
     print(table(figures))
+    print(f"\nfigure: {figure(figures, args.figure)}")
     return 1 if failed else 0
 
 

@@ -113,3 +113,13 @@ def test_the_engine_switches_with_fast_dropout(fast, tiny_roberta, easy_csv, tmp
                       speed={"fast_dropout": fast})
     assert main(["train", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))]) == 0
     assert json.loads((out / "summary.json").read_text())["fast_attention_dropout"] is fast
+
+
+def test_a_causal_call_is_handed_to_sdpa():
+    torch.manual_seed(0)
+    query, key, value = torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8), torch.randn(2, 2, 6, 8)
+    decoder = torch.nn.Module()
+    decoder.is_causal = True  # no padding mask and a causal module: sdpa's causal attention, as the model asked
+    out = cpu_dropout_attention(decoder, query, key, value, None, dropout=1e-9)[0]
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True).transpose(1, 2)
+    assert torch.allclose(out, expected, atol=1e-6)

@@ -32,7 +32,9 @@ def cpu_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
     output as (batch, length, heads, head_dim) and no attention weights, as the sdpa function does."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    plain = (dropout > 0.0 and query.device.type == "cpu" and not is_causal
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)  # as the sdpa function
+    causal = query.shape[2] > 1 and attention_mask is None and causal  # decides it
+    plain = (dropout > 0.0 and query.device.type == "cpu" and not causal
              and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
              and getattr(module, "num_key_value_groups", 1) == 1)
     if not plain:
