@@ -153,8 +153,9 @@ def log_train_loss(recipe, bar) -> None:
     """The mean training loss since the last logged step (over every process), and the learning rate."""
     st, acc = recipe.state, recipe.accelerator
     mean = float(acc.reduce(torch.tensor(st.window_loss / st.window_n, device=recipe.device), "mean"))
+    rates = recipe.scheduler.get_last_lr()  # the adapters' group first; during an LP-FT probe only the head's
     line = {"step": st.step, "epoch": round(st.step / recipe.steps_per_epoch, 4), "train_loss": mean,
-            "lr": recipe.scheduler.get_last_lr()[0]}
+            "lr": rates[0] if rates[0] > 0 else max(rates)}  # groups move, so the one that trains is logged
     if recipe.cfg.optim.rdrop_alpha:  # how far the two dropout passes disagree (train_loss includes alpha x this)
         line["train_rdrop_kl"] = float(acc.reduce(torch.tensor(st.window_kl / st.window_n, device=recipe.device),
                                                     "mean"))
