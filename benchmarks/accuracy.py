@@ -1,6 +1,6 @@
 """Accuracy benchmark: does the fast path learn what the plain path learns?
 
-    python benchmarks/accuracy.py [--steps 150] [--seeds 1 2 3] [--jobs 2] [--json PATH]
+    python benchmarks/accuracy.py [--steps 150] [--seeds 1 2 3] [--jobs 2] [--threads N] [--json PATH]
 
 MiniLM (packaged), LoRA on query and value r=8, a fixed number of steps on ../shared's AG News with 1,000
 validation rows held out (stratified, split_seed 0). Two paths, each over the same seeds:
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "accuracy-bench")
     ap.add_argument("--data", type=Path, default=recipes.SHARED)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--threads", type=int, help="threads per training (default: the cores / --jobs)")
     args = ap.parse_args(argv)
     args.out = args.out / f"steps-{args.steps}"  # runs of another length are another benchmark
     args.out.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(yaml.safe_dump(path_config(name, args.steps), sort_keys=False), encoding="utf-8")
         configs.append(str(path))
     rc = recipes.main([*configs, "--seeds", *map(str, args.seeds), "--jobs", str(args.jobs),
-                       "--out", str(args.out), "--data", str(args.data)])
+                       "--out", str(args.out), "--data", str(args.data),
+                       *(["--threads", str(args.threads)] if args.threads else [])])
     results = {"steps": args.steps, "seeds": args.seeds, "paths": {}}
     for name in PATHS:
         accs, speeds, precision = [], [], None

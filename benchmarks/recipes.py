@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="write `lorabudget report` here at the end")
     parser.add_argument("--results", type=Path, default=None, help="keep every finished run's figures in this "
                         "JSON file (e.g. benchmarks/results/round2.json) and print the table of all it holds")
+    parser.add_argument("--threads", type=int, help="threads per training (default: the cores / --jobs); 1 lets "
+                        "another benchmark share a 2-core machine")
     parser.add_argument("--recommended", type=Path, default=ROOT / "configs" / "recommended-minilm.yaml",
                         help="the recipe the criterion tests against the published ones")
     args = parser.parse_args(argv)
@@ -225,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(r) for r in args.recipes if not r.is_file()]
     if missing or not args.data.exists():
         parser.error(f"not found: {', '.join(missing) or args.data}")
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     # Seeds outermost: after the first pass every recipe has one run, so a stopped study is still comparable.
     work = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]
     if args.results and args.results.is_file():  # recorded in an earlier session, whose run folders are gone
