@@ -59,6 +59,13 @@ def _read_args(p: argparse.ArgumentParser) -> None:
                    help="how to read the source, e.g. --set data.text_column=sentence")
 
 
+def _scale_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter-scale", type=float, default=1.0, metavar="S",
+                   help="scale the LoRA update by S in [0, 1] before merging (WiSE-FT: 0 is the pretrained encoder, "
+                   "1 the trained adapter; below 1 can hold up better on texts unlike the training data, see "
+                   "docs/shift.md); the head stays as trained")
+
+
 def _collect_overrides(args) -> list[str]:
     overrides = list(args.overrides)
     for _, key, _, _ in COMMON_FLAGS:
@@ -217,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a finished run: accuracy, macro-F1, per-class table, confusion matrix")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="data source to score (default: the run's own validation split)")
-    p.add_argument("--out", help="output folder (default RUN/eval/<data>)")
+    p.add_argument("--out", help="output folder (default RUN/eval/<data>, -scale<S> appended for a scale)")
+    _scale_arg(p)
     _read_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -231,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt-priors", action="store_true", help="re-weight the probabilities by the target's class "
                    "shares, estimated from its texts by EM (Saerens et al. 2002): for a target whose classes are not "
                    "balanced as in training")
+    _scale_arg(p)
     _read_args(p)
     p.set_defaults(func=cmd_predict)
 
@@ -252,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--custom-code", action="store_true",
                    help="for heads the stock model classes cannot express (linear, lowrank): write the model with "
                         "its own modeling file, loaded with trust_remote_code=True")
+    _scale_arg(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="print the resolved config, or every field with its help (--fields)")

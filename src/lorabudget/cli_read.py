@@ -30,10 +30,11 @@ def cmd_evaluate(args) -> int:
     from .metrics import format_report
     from .serve.evaluate import evaluate
 
-    scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args))
+    scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args), adapter_scale=args.adapter_scale)
     if scores["note"]:
         print(scores["note"])
-    print(f"evaluated {args.run} on {scores['data']}")
+    scaled = f", LoRA update scaled by {args.adapter_scale:g}" if args.adapter_scale != 1.0 else ""
+    print(f"evaluated {args.run} on {scores['data']}{scaled}")
     print(format_report(scores))
     print(f"wrote     {out}/metrics.json and confusion_matrix.png")
     return 0
@@ -43,7 +44,8 @@ def cmd_predict(args) -> int:
     from .serve.predict import predict_file
 
     result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
-                          data_overrides=_data_overrides(args), adapt=args.adapt_priors)
+                          data_overrides=_data_overrides(args), adapt=args.adapt_priors,
+                          adapter_scale=args.adapter_scale)
     if result["note"]:
         print(result["note"])
     where = f"the test split of {args.data}" if result["split"] == "test" else args.data
@@ -74,9 +76,10 @@ def cmd_export(args) -> int:
     if not (args.merged or args.adapter):
         raise LorabudgetError("say what to export: --merged DIR (a plain transformers model) or --adapter DIR")
     if args.adapter:
-        print(f"wrote adapter       {export_adapter(args.run, args.adapter)}  (PeftModel.from_pretrained)")
+        where = export_adapter(args.run, args.adapter, adapter_scale=args.adapter_scale)
+        print(f"wrote adapter       {where}  (PeftModel.from_pretrained)")
     if args.merged:
-        where = export_merged(args.run, args.merged, custom_code=args.custom_code)
+        where = export_merged(args.run, args.merged, custom_code=args.custom_code, adapter_scale=args.adapter_scale)
         remote = (where / "modeling_lorabudget.py").exists()
         print(f"wrote merged model  {where}  (AutoModelForSequenceClassification.from_pretrained"
               + (", trust_remote_code=True: loading runs its modeling file)" if remote else ")"))

@@ -103,6 +103,30 @@ def layer_norms(model: nn.Module, layout: EncoderLayout, targets: list[str]) -> 
     return names
 
 
+def scale_update(peft_model, scale: float) -> int:
+    """Scale every LoRA-family layer's update by `scale` (0 <= scale <= 1): W + scale x (alpha / r) B A, the
+    interpolation of WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022) between the
+    pretrained encoder (0) and the trained one (1); the head stays as trained. Returns the layers scaled."""
+    from peft.tuners.lora import LoraLayer
+
+    check_adapter_scale(scale)
+    if scale == 1.0:
+        return 0
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    if not layers:
+        raise ModelError("an adapter scale applies to LoRA-family adapters (LoRA, DoRA, AdaLoRA); this run's "
+                         "adapter has no LoRA layer")
+    for layer in layers:
+        layer.scale_layer(scale)  # peft's own: multiplies the layer's scaling, which merging then uses
+    return len(layers)
+
+
+def check_adapter_scale(scale: float) -> None:
+    if not 0.0 <= scale <= 1.0:
+        raise ModelError(f"an adapter scale must lie in [0, 1] (0: the pretrained encoder, 1: the trained "
+                         f"adapter), not {scale}")
+
+
 def merge_into_base(peft_model) -> nn.Module:
     """The plain model, adapters merged into its weights (peft's merge_and_unload), the modules trained in full
     (the head, adapter.train_layernorms' LayerNorms) as trained. Those are unwrapped first: peft 0.21's generic

@@ -18,7 +18,7 @@ from ..config import Config, load_config
 from ..data import LabelSpace
 from ..data.normalize import normalize_texts
 from ..errors import DamagedFileError, RunDirError
-from ..model.adapters import merge_into_base, quiet_peft_deprecations
+from ..model.adapters import merge_into_base, quiet_peft_deprecations, scale_update
 from ..model.backbone import load_pretrained, load_tokenizer
 from ..model.build import build_adapted_model
 from ..model.heads import apply_head
@@ -63,7 +63,8 @@ def load_best_checkpoint(cfg: Config, labels: LabelSpace, run: RunDir):
 class Classifier:
     """A finished run, loaded for inference with its adapters merged into the weights."""
 
-    def __init__(self, run: RunDir, device: str | None = None, precision: str | None = None):
+    def __init__(self, run: RunDir, device: str | None = None, precision: str | None = None,
+                 adapter_scale: float = 1.0):
         self.run = run
         self.config: Config = load_config(run.config)
         self.labels = LabelSpace.from_json(read_json(run.labels, "the run's class names are lost: train it again"))
@@ -77,6 +78,9 @@ class Classifier:
         else:
             peft_model = load_best_checkpoint(self.config, self.labels, run)
             self.checkpoint = read_json(run.best / "meta.json", "the run is still being written: try again")
+        # WiSE-FT's interpolation towards the pretrained encoder, when asked (model.adapters.scale_update)
+        self.adapter_scale = adapter_scale
+        scale_update(peft_model, adapter_scale)
         # Merged weights: inference costs what the plain model costs, with no adapter matmuls on the side.
         self.model = merge_into_base(peft_model)
         self.model.eval()
@@ -112,10 +116,12 @@ class Classifier:
 
 
 def load(run_dir: str | Path, *, device: str | None = None, precision: str | None = None,
-         allow_running: bool = False) -> Classifier:
+         allow_running: bool = False, adapter_scale: float = 1.0) -> Classifier:
     """Load a finished run for inference; with `allow_running`, also a run still being written, from its best
-    checkpoint so far (`clf.checkpoint` then says which step)."""
-    return Classifier(open_finished(run_dir, allow_running=allow_running), device=device, precision=precision)
+    checkpoint so far (`clf.checkpoint` then says which step). `adapter_scale` < 1 scales the LoRA update towards
+    the pretrained encoder (WiSE-FT), which can hold up better on texts unlike the training data."""
+    return Classifier(open_finished(run_dir, allow_running=allow_running), device=device, precision=precision,
+                      adapter_scale=adapter_scale)
 
 
 def still_running_note(clf: Classifier) -> str | None:

@@ -8,6 +8,7 @@ from ..config import DataConfig, load_config, override_section
 from ..data import evaluation_examples, load_source, split_train_validation, validation_hash
 from ..errors import DataError
 from ..metrics import classification_scores, format_report
+from ..model.adapters import check_adapter_scale
 from ..plots import plot_confusion_matrix
 from ..rundir import atomic_write_json, open_finished, read_json
 from .api import Classifier, still_running_note
@@ -41,16 +42,21 @@ def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
 
 
 def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None,
-             data_overrides: dict | None = None, progress: bool = True) -> tuple[dict, Path]:
+             data_overrides: dict | None = None, progress: bool = True,
+             adapter_scale: float = 1.0) -> tuple[dict, Path]:
     run = open_finished(run_dir, allow_running=True)
     # checked before the model loads: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
-    clf = Classifier(run)
+    check_adapter_scale(adapter_scale)
+    clf = Classifier(run, adapter_scale=adapter_scale)
     examples, name = _evaluation_rows(clf, source, data_cfg)
     data = clf.tokenize(examples.texts, examples.labels, progress=progress)
     preds = clf.logits(data, batch_size=clf.config.eval.batch_size, progress=progress, desc="evaluate").argmax(axis=1)
     scores = classification_scores(examples.labels, preds, clf.class_names)
     scores["data"] = name
+    if adapter_scale != 1.0:  # a scaled update is another model: its scores go to their own folder
+        scores["adapter_scale"] = adapter_scale
+        name = f"{name}-scale{adapter_scale:g}"
     if clf.checkpoint is not None:
         scores["checkpoint_step"] = clf.checkpoint.get("step")  # a run still being written: its best so far
     out = Path(out_dir) if out_dir else run.path / "eval" / name

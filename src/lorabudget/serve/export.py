@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RunDirError
+from ..model.adapters import check_adapter_scale
 from ..model.heads import HEADS, head_style, model_family
 from ..rundir import follow_umask, open_finished, remove_quietly, replace_dir, writing
 from .api import Classifier
@@ -25,8 +26,11 @@ def _writer_lock(run, target: Path):
     return run.lock(command_line()) if inside else nullcontext()
 
 
-def export_adapter(run_dir: str, out: str) -> Path:
-    """The PEFT adapter alone (head weights included), as the run saved it."""
+def export_adapter(run_dir: str, out: str, *, adapter_scale: float = 1.0) -> Path:
+    """The PEFT adapter alone (head weights included), as the run saved it; with `adapter_scale` < 1, its LoRA B
+    matrices scaled (the update B A scales with them: WiSE-FT, as model.adapters.scale_update), so that plain
+    peft loads the scaled adapter."""
+    check_adapter_scale(adapter_scale)
     run = open_finished(run_dir)
     target = Path(out)
     tmp = target.with_name(target.name + ".tmp")
@@ -34,12 +38,27 @@ def export_adapter(run_dir: str, out: str) -> Path:
     try:
         with _writer_lock(run, target), writing(target):
             shutil.copytree(run.adapter, tmp)
+            if adapter_scale != 1.0:
+                _scale_b(tmp / "adapter_model.safetensors", adapter_scale)
             follow_umask(tmp)
             replace_dir(tmp, target)
     except BaseException:
         remove_quietly(tmp)
         raise
     return target
+
+
+def _scale_b(weights: Path, scale: float) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    b = [k for k in tensors if ".lora_B." in k]
+    if not b:
+        raise RunDirError("an adapter scale applies to LoRA-family adapters (LoRA, DoRA, AdaLoRA); this run's "
+                          "adapter has no LoRA B matrix")
+    for key in b:
+        tensors[key] = tensors[key] * scale
+    save_file(tensors, str(weights), metadata={"format": "pt"})
 
 
 _MODELING_HEADER = '''"""A {family} classifier with lorabudget's {head!r} head, which the stock transformers
@@ -75,11 +94,13 @@ def _modeling_source(family: str, head_type: str, base: str, name: str) -> str:
             + _MODELING_CLASS.format(name=name, base=base, install=head.install.__name__))
 
 
-def export_merged(run_dir: str, out: str, *, custom_code: bool = False) -> Path:
-    """A plain transformers model: adapters merged into the weights, head and tokenizer included. A head the
-    stock classes cannot express needs `custom_code`: the model then carries its own modeling file."""
+def export_merged(run_dir: str, out: str, *, custom_code: bool = False, adapter_scale: float = 1.0) -> Path:
+    """A plain transformers model: adapters merged into the weights (their update scaled by `adapter_scale`),
+    head and tokenizer included. A head the stock classes cannot express needs `custom_code`: the model then
+    carries its own modeling file."""
+    check_adapter_scale(adapter_scale)
     run = open_finished(run_dir)
-    clf = Classifier(run, device="cpu", precision="fp32")
+    clf = Classifier(run, device="cpu", precision="fp32", adapter_scale=adapter_scale)
     head = clf.config.head
     custom = not HEADS[head.type].stock_loadable
     if custom and not custom_code:

@@ -12,6 +12,7 @@ import torch
 from ..config import load_config, override_section
 from ..data import load_source
 from ..errors import LorabudgetError
+from ..model.adapters import check_adapter_scale
 from ..rundir import atomic_write_text, open_finished, read_json
 from ..runtime.priors import adapt_priors
 from .api import Classifier, still_running_note
@@ -29,7 +30,8 @@ def train_priors(run) -> np.ndarray:
 
 
 def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id", proba: bool = False,
-                 data_overrides: dict | None = None, progress: bool = True, adapt: bool = False) -> dict:
+                 data_overrides: dict | None = None, progress: bool = True, adapt: bool = False,
+                 adapter_scale: float = 1.0) -> dict:
     """Write `ID,Label` rows (and class probabilities with `proba`) for every row of `source`. With `adapt`, the
     probabilities are re-weighted by the target's class shares, estimated by EM (serve.priors)."""
     if label_format not in LABEL_FORMATS:
@@ -37,7 +39,8 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     run = open_finished(run_dir, allow_running=True)
     # checked before the model loads, as a config file is: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
-    clf = Classifier(run)
+    check_adapter_scale(adapter_scale)
+    clf = Classifier(run, adapter_scale=adapter_scale)
     dataset = load_source(data_cfg, source, labels=clf.labels, require_labels=False)
     split = "test" if "test" in dataset.splits else "train"
     examples = dataset.splits[split]

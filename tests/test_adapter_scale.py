@@ -1,0 +1,90 @@
+"""--adapter-scale: the LoRA update scaled towards the pretrained encoder (WiSE-FT) before merging, the same in
+evaluate, predict, export (merged and adapter) and lorabudget.load; refused outside [0, 1] and for adapters
+without LoRA layers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_texts, tiny_config, write_config, write_csv
+
+from lorabudget import load
+from lorabudget.cli import main
+
+
+@pytest.fixture(scope="module")
+def texts():
+    return [t for t, _ in make_texts(24, seed=8)]
+
+
+def _logits(clf, texts) -> torch.Tensor:
+    return torch.from_numpy(clf.logits(clf.tokenize(texts)))
+
+
+def test_scale_zero_is_the_pretrained_encoder_with_the_trained_head(trained_run, texts):
+    from lorabudget.config import load_config
+    from lorabudget.data import LabelSpace
+    from lorabudget.serve.api import load_peft_model
+
+    cfg = load_config(trained_run / "config.yaml")
+    labels = LabelSpace.from_json(json.loads((trained_run / "labels.json").read_text()))
+    peft_model = load_peft_model(cfg, labels, trained_run / "adapter").eval()
+    clf = load(trained_run, adapter_scale=0.0, precision="fp32")
+    enc = clf.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:  # no update left: the pretrained encoder, the head as trained
+                p.zero_()
+        expected = peft_model(**enc).logits
+    assert torch.allclose(_logits(clf, texts), expected, atol=1e-5)
+    full = _logits(load(trained_run, precision="fp32"), texts)
+    half = _logits(load(trained_run, adapter_scale=0.5, precision="fp32"), texts)
+    assert not torch.allclose(half, full, atol=1e-4) and not torch.allclose(half, expected, atol=1e-4)
+
+
+def test_every_reader_scales_alike(trained_run, texts, tmp_path, capsys):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    half = _logits(load(trained_run, adapter_scale=0.5, precision="fp32"), texts)
+    assert main(["export", str(trained_run), "--merged", str(tmp_path / "merged"), "--adapter",
+                 str(tmp_path / "adapter"), "--adapter-scale", "0.5"]) == 0
+    clf = load(trained_run)  # for its tokenizer
+    enc = clf.tokenizer(texts, padding=True, return_tensors="pt")
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    base = AutoModelForSequenceClassification.from_pretrained(
+        json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"],
+        num_labels=len(clf.class_names))
+    adapter = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(**enc).logits, half, atol=1e-4)
+        assert torch.allclose(adapter(**enc).logits, half, atol=1e-4)
+    # evaluate and predict: the scaled model's predictions, recorded apart from the unscaled ones
+    data = write_csv(tmp_path / "rows.csv", [(t, 0) for t in texts])
+    assert main(["evaluate", str(trained_run), "--data", str(data), "--adapter-scale", "0.5"]) == 0
+    assert "LoRA update scaled by 0.5" in capsys.readouterr().out
+    scores = json.loads(next((trained_run / "eval").glob("*-scale0.5/metrics.json")).read_text())
+    assert scores["adapter_scale"] == 0.5
+    assert main(["predict", str(trained_run), "--data", str(data), "--out", str(tmp_path / "p.csv"),
+                 "--adapter-scale", "0.5"]) == 0
+    predicted = [int(line.split(",")[1]) for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+    assert predicted == half.argmax(dim=1).tolist()
+
+
+@pytest.mark.parametrize("scale", ["1.5", "-0.1"])
+def test_a_scale_outside_0_1_is_refused(trained_run, tmp_path, scale, capsys):
+    assert main(["export", str(trained_run), "--merged", str(tmp_path / "m"), "--adapter-scale", scale]) == 2
+    assert "must lie in [0, 1]" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_an_adapter_without_lora_layers_is_refused(tiny_roberta, easy_csv, tmp_path, capsys):
+    run = tmp_path / "ia3"
+    cfg = tiny_config(tiny_roberta, easy_csv, run, adapter={"method": "ia3", "target_modules": ["key", "value"]},
+                      optim={"max_steps": 2})
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    assert main(["evaluate", str(run), "--adapter-scale", "0.5"]) == 2
+    assert "LoRA-family" in capsys.readouterr().err
+    assert main(["export", str(run), "--adapter", str(tmp_path / "a"), "--adapter-scale", "0.5"]) == 2
+    assert "LoRA-family" in capsys.readouterr().err and not (tmp_path / "a").exists()
