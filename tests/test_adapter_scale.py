@@ -88,3 +88,37 @@ def test_an_adapter_without_lora_layers_is_refused(tiny_roberta, easy_csv, tmp_p
     assert "LoRA-family" in capsys.readouterr().err
     assert main(["export", str(run), "--adapter", str(tmp_path / "a"), "--adapter-scale", "0.5"]) == 2
     assert "LoRA-family" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_a_run_with_an_inference_scale_is_scored_exported_and_loaded_at_it(tiny_roberta, easy_csv, tmp_path):
+    """adapter.inference_scale: the evaluations during training score the scaled update (the best checkpoint is
+    chosen at it), every reader uses it unless told otherwise, the saved weights stay unscaled."""
+    from safetensors.torch import load_file
+
+    from lorabudget.serve.evaluate import evaluate
+
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_roberta, easy_csv, run, adapter={"inference_scale": 0.5}, optim={"max_steps": 8},
+                      eval={"every_steps": 4})
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    scores, out = evaluate(str(run), progress=False)
+    assert scores["adapter_scale"] == 0.5 and out.name.endswith("-scale0.5")
+    assert scores["accuracy"] == pytest.approx(summary["best"]["accuracy"], abs=1e-9)
+    unscaled, _ = evaluate(str(run), progress=False, adapter_scale=1.0)
+    assert "adapter_scale" not in unscaled
+    texts = [t for t, _ in make_texts(24, seed=8)]
+    assert torch.equal(_logits(load(run), texts), _logits(load(run, adapter_scale=0.5), texts))
+    assert main(["export", str(run), "--adapter", str(tmp_path / "adapter")]) == 0
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    exported = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    b = [k for k in saved if ".lora_B." in k]
+    assert b and all(torch.equal(exported[k], saved[k] * 0.5) for k in b)
+    assert all(torch.equal(exported[k], saved[k]) for k in saved if k not in b)
+
+
+def test_an_inference_scale_is_refused_where_the_method_has_no_lora_layers(tiny_roberta, easy_csv, tmp_path,
+                                                                            capsys):
+    cfg = tiny_config(tiny_roberta, easy_csv, tmp_path / "run", adapter={"method": "vera", "inference_scale": 0.5})
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 2
+    assert "inference_scale" in capsys.readouterr().err and not (tmp_path / "run").exists()

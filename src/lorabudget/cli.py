@@ -60,10 +60,10 @@ def _read_args(p: argparse.ArgumentParser) -> None:
 
 
 def _scale_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter-scale", type=float, default=1.0, metavar="S",
+    p.add_argument("--adapter-scale", type=float, default=None, metavar="S",
                    help="scale the LoRA update by S in [0, 1] before merging (WiSE-FT: 0 is the pretrained encoder, "
                    "1 the trained adapter; below 1 can hold up better on texts unlike the training data, see "
-                   "docs/shift.md); the head stays as trained")
+                   "docs/shift.md); the head stays as trained. Default: the run's adapter.inference_scale")
 
 
 def _collect_overrides(args) -> list[str]:

@@ -33,7 +33,8 @@ def cmd_evaluate(args) -> int:
     scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args), adapter_scale=args.adapter_scale)
     if scores["note"]:
         print(scores["note"])
-    scaled = f", LoRA update scaled by {args.adapter_scale:g}" if args.adapter_scale != 1.0 else ""
+    scale = scores.get("adapter_scale", 1.0)
+    scaled = f", LoRA update scaled by {scale:g}" if scale != 1.0 else ""
     print(f"evaluated {args.run} on {scores['data']}{scaled}")
     print(format_report(scores))
     print(f"wrote     {out}/metrics.json and confusion_matrix.png")

@@ -164,6 +164,11 @@ class AdapterConfig(_Section):
     )
     use_dora: bool = Field(False, description="DoRA: adds a trainable magnitude vector per adapted linear layer.")
     use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r.")
+    inference_scale: float = Field(
+        1.0, ge=0.0, le=1.0, description="WiSE-FT (Wortsman et al. 2022) for LoRA-family adapters: evaluation, "
+        "prediction and export use the update scaled by this factor, W + s x (alpha / r) B A, between the pretrained "
+        "encoder (0) and the trained adapter (1); the head as trained, the saved weights unscaled. Below 1 can hold "
+        "up better on texts unlike the training data (docs/shift.md); --adapter-scale overrides it after training.")
     init: Literal["default", "gaussian", "pissa", "olora"] = Field(
         "default",
         description="Adapter weight init: 'default' (B = 0, A Kaiming), 'gaussian', 'pissa' (principal singular "

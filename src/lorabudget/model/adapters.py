@@ -121,6 +121,23 @@ def scale_update(peft_model, scale: float) -> int:
     return len(layers)
 
 
+@contextlib.contextmanager
+def scaled_update(model: nn.Module, scale: float):
+    """The LoRA-family layers of a training model scaled by `scale` inside the block (adapter.inference_scale,
+    for evaluations during training), their own scaling restored after."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if scale != 1.0 else []
+    saved = [dict(layer.scaling) for layer in layers]
+    for layer in layers:
+        layer.scale_layer(scale)
+    try:
+        yield
+    finally:
+        for layer, scaling in zip(layers, saved):
+            layer.scaling.update(scaling)
+
+
 def check_adapter_scale(scale: float) -> None:
     if not 0.0 <= scale <= 1.0:
         raise ModelError(f"an adapter scale must lie in [0, 1] (0: the pretrained encoder, 1: the trained "

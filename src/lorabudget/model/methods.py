@@ -23,7 +23,8 @@ LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora"
 REAL_WEIGHT_INITS = ("pissa", "olora")  # decompose the pretrained weights: not on a meta-device shape
 # Adapter options some methods do not have, each at the value that means 'off'. A method that does not read one
 # refuses any other value: a DoRA or PiSSA setting that silently did nothing would mislead a comparison.
-LORA_SWITCHES = {"rank_pattern": {}, "use_dora": False, "use_rslora": False, "init": "default"}
+LORA_SWITCHES = {"rank_pattern": {}, "use_dora": False, "use_rslora": False, "init": "default",
+                 "inference_scale": 1.0}
 SWITCHES = {**LORA_SWITCHES, **ADALORA_DEFAULTS}  # and AdaLoRA's target rank and schedule
 # What every method reads unless its entry says otherwise: a rank per module, a scaling, a dropout, the targets
 DEFAULT_READS = frozenset({"r", "alpha", "dropout", "target_modules", "rank_pattern"})
@@ -251,7 +252,7 @@ METHODS: dict[str, Method] = {
         {"lora_E": "lora"},
         adalora_params,
         variants={"adalora": {}},
-        reads=frozenset({"r", "alpha", "dropout", "target_modules", *ADALORA_DEFAULTS}),
+        reads=frozenset({"r", "alpha", "dropout", "target_modules", "inference_scale", *ADALORA_DEFAULTS}),
         constants=("ranknum",),
         min_rank=2,
         searched=False,

@@ -64,7 +64,7 @@ class Classifier:
     """A finished run, loaded for inference with its adapters merged into the weights."""
 
     def __init__(self, run: RunDir, device: str | None = None, precision: str | None = None,
-                 adapter_scale: float = 1.0):
+                 adapter_scale: float | None = None):
         self.run = run
         self.config: Config = load_config(run.config)
         self.labels = LabelSpace.from_json(read_json(run.labels, "the run's class names are lost: train it again"))
@@ -78,9 +78,10 @@ class Classifier:
         else:
             peft_model = load_best_checkpoint(self.config, self.labels, run)
             self.checkpoint = read_json(run.best / "meta.json", "the run is still being written: try again")
-        # WiSE-FT's interpolation towards the pretrained encoder, when asked (model.adapters.scale_update)
-        self.adapter_scale = adapter_scale
-        scale_update(peft_model, adapter_scale)
+        # WiSE-FT's interpolation towards the pretrained encoder, when asked (model.adapters.scale_update): the
+        # run's adapter.inference_scale unless the caller says otherwise
+        self.adapter_scale = self.config.adapter.inference_scale if adapter_scale is None else adapter_scale
+        scale_update(peft_model, self.adapter_scale)
         # Merged weights: inference costs what the plain model costs, with no adapter matmuls on the side.
         self.model = merge_into_base(peft_model)
         self.model.eval()
@@ -116,10 +117,11 @@ class Classifier:
 
 
 def load(run_dir: str | Path, *, device: str | None = None, precision: str | None = None,
-         allow_running: bool = False, adapter_scale: float = 1.0) -> Classifier:
+         allow_running: bool = False, adapter_scale: float | None = None) -> Classifier:
     """Load a finished run for inference; with `allow_running`, also a run still being written, from its best
     checkpoint so far (`clf.checkpoint` then says which step). `adapter_scale` < 1 scales the LoRA update towards
-    the pretrained encoder (WiSE-FT), which can hold up better on texts unlike the training data."""
+    the pretrained encoder (WiSE-FT), which can hold up better on texts unlike the training data; None: the run's
+    adapter.inference_scale."""
     return Classifier(open_finished(run_dir, allow_running=allow_running), device=device, precision=precision,
                       adapter_scale=adapter_scale)
 

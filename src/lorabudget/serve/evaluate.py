@@ -43,20 +43,21 @@ def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
 
 def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None,
              data_overrides: dict | None = None, progress: bool = True,
-             adapter_scale: float = 1.0) -> tuple[dict, Path]:
+             adapter_scale: float | None = None) -> tuple[dict, Path]:
     run = open_finished(run_dir, allow_running=True)
     # checked before the model loads: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
-    check_adapter_scale(adapter_scale)
+    if adapter_scale is not None:
+        check_adapter_scale(adapter_scale)
     clf = Classifier(run, adapter_scale=adapter_scale)
     examples, name = _evaluation_rows(clf, source, data_cfg)
     data = clf.tokenize(examples.texts, examples.labels, progress=progress)
     preds = clf.logits(data, batch_size=clf.config.eval.batch_size, progress=progress, desc="evaluate").argmax(axis=1)
     scores = classification_scores(examples.labels, preds, clf.class_names)
     scores["data"] = name
-    if adapter_scale != 1.0:  # a scaled update is another model: its scores go to their own folder
-        scores["adapter_scale"] = adapter_scale
-        name = f"{name}-scale{adapter_scale:g}"
+    if clf.adapter_scale != 1.0:  # a scaled update is another model: its scores go to their own folder
+        scores["adapter_scale"] = clf.adapter_scale
+        name = f"{name}-scale{clf.adapter_scale:g}"
     if clf.checkpoint is not None:
         scores["checkpoint_step"] = clf.checkpoint.get("step")  # a run still being written: its best so far
     out = Path(out_dir) if out_dir else run.path / "eval" / name

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import load_config
 from ..errors import RunDirError
 from ..model.adapters import check_adapter_scale
 from ..model.heads import HEADS, head_style, model_family
@@ -26,12 +27,14 @@ def _writer_lock(run, target: Path):
     return run.lock(command_line()) if inside else nullcontext()
 
 
-def export_adapter(run_dir: str, out: str, *, adapter_scale: float = 1.0) -> Path:
-    """The PEFT adapter alone (head weights included), as the run saved it; with `adapter_scale` < 1, its LoRA B
-    matrices scaled (the update B A scales with them: WiSE-FT, as model.adapters.scale_update), so that plain
-    peft loads the scaled adapter."""
-    check_adapter_scale(adapter_scale)
+def export_adapter(run_dir: str, out: str, *, adapter_scale: float | None = None) -> Path:
+    """The PEFT adapter alone (head weights included), as the run saved it; with a scale below 1 (`adapter_scale`,
+    else the run's adapter.inference_scale), its LoRA B matrices scaled (the update B A scales with them: WiSE-FT,
+    as model.adapters.scale_update), so that plain peft loads what lorabudget predicts with."""
     run = open_finished(run_dir)
+    if adapter_scale is None:
+        adapter_scale = load_config(run.config).adapter.inference_scale
+    check_adapter_scale(adapter_scale)
     target = Path(out)
     tmp = target.with_name(target.name + ".tmp")
     remove_quietly(tmp)
@@ -94,11 +97,12 @@ def _modeling_source(family: str, head_type: str, base: str, name: str) -> str:
             + _MODELING_CLASS.format(name=name, base=base, install=head.install.__name__))
 
 
-def export_merged(run_dir: str, out: str, *, custom_code: bool = False, adapter_scale: float = 1.0) -> Path:
+def export_merged(run_dir: str, out: str, *, custom_code: bool = False, adapter_scale: float | None = None) -> Path:
     """A plain transformers model: adapters merged into the weights (their update scaled by `adapter_scale`),
     head and tokenizer included. A head the stock classes cannot express needs `custom_code`: the model then
     carries its own modeling file."""
-    check_adapter_scale(adapter_scale)
+    if adapter_scale is not None:
+        check_adapter_scale(adapter_scale)
     run = open_finished(run_dir)
     clf = Classifier(run, device="cpu", precision="fp32", adapter_scale=adapter_scale)
     head = clf.config.head

@@ -31,7 +31,7 @@ def train_priors(run) -> np.ndarray:
 
 def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id", proba: bool = False,
                  data_overrides: dict | None = None, progress: bool = True, adapt: bool = False,
-                 adapter_scale: float = 1.0) -> dict:
+                 adapter_scale: float | None = None) -> dict:
     """Write `ID,Label` rows (and class probabilities with `proba`) for every row of `source`. With `adapt`, the
     probabilities are re-weighted by the target's class shares, estimated by EM (serve.priors)."""
     if label_format not in LABEL_FORMATS:
@@ -39,7 +39,8 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     run = open_finished(run_dir, allow_running=True)
     # checked before the model loads, as a config file is: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
-    check_adapter_scale(adapter_scale)
+    if adapter_scale is not None:
+        check_adapter_scale(adapter_scale)
     clf = Classifier(run, adapter_scale=adapter_scale)
     dataset = load_source(data_cfg, source, labels=clf.labels, require_labels=False)
     split = "test" if "test" in dataset.splits else "train"

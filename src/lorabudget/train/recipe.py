@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import Config
+from ..model.adapters import scaled_update
 from ..model.budget import format_breakdown
 from ..model.methods import METHODS
 from ..rundir import RunDir
@@ -176,7 +177,7 @@ class TrainingRecipe:
         bar.close()
 
     def validate(self) -> dict:
-        with evaluated_weights(self):  # the weight average when the run keeps one
+        with evaluated_weights(self), scaled_update(self.model, self.cfg.adapter.inference_scale):  # as shipped
             return scores_of_every_set(self)
 
     # ---- finish --------------------------------------------------------------------------------------------
