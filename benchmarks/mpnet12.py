@@ -128,7 +128,7 @@ def figure(data: dict, path: Path) -> Path:
                     label=f"{name} ({run['trainable']:,})" if name not in labelled else None)
             labelled.add(name)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("training step (batch 32; 1 epoch = 574 steps)")
+        ax.set_xlabel("training step (batch 32; 1 epoch = 575 steps)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right", title="recipe (trainable); dashed: seed 2", title_fontsize=8)
