@@ -4,11 +4,7 @@ configs, so exported models load with their stock attention."""
 
 from __future__ import annotations
 
-import json
-
-import pytest
 import torch
-from conftest import tiny_config, write_config
 from transformers import AutoModel, BertConfig, BertModel
 
 from lorabudget.runtime import attention
@@ -102,17 +98,6 @@ def test_models_on_other_attention_are_left_alone():
     assert not use_cpu_dropout_attention(model)
     assert model.config._attn_implementation == "eager"
     assert not use_cpu_dropout_attention(torch.nn.Linear(2, 2))
-
-
-@pytest.mark.parametrize("fast", [True, False])
-def test_the_engine_switches_with_fast_dropout(fast, tiny_roberta, easy_csv, tmp_path):
-    from lorabudget.cli import main
-
-    out = tmp_path / "run"
-    cfg = tiny_config(tiny_roberta, easy_csv, out, adapter={"dropout": 0.1}, optim={"max_steps": 2},
-                      speed={"fast_dropout": fast})
-    assert main(["train", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))]) == 0
-    assert json.loads((out / "summary.json").read_text())["fast_attention_dropout"] is fast
 
 
 def test_a_causal_call_is_handed_to_sdpa():

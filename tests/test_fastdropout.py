@@ -1,5 +1,6 @@
 """FastDropout is dropout: the keep probability, the scale, the gradient, eval mode, seeding; and the engine swaps
-it in on CPUs (resuming with it is covered by test_resume, whose adapters have dropout 0.1)."""
+it in on CPUs, with the attention function that uses its mask (resuming with it is covered by test_resume, whose
+adapters have dropout 0.1)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,4 @@ def test_the_engine_swaps_on_cpu_unless_told_not_to(fast, tiny_roberta, easy_csv
     assert main(["train", "-c", str(write_config(tmp_path / "cfg.yaml", cfg))]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["fast_dropout_modules"] > 0) is fast
+    assert summary["fast_attention_dropout"] is fast  # attention probabilities: runtime/attention.py (test_attention)
