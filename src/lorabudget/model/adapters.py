@@ -103,19 +103,26 @@ def layer_norms(model: nn.Module, layout: EncoderLayout, targets: list[str]) -> 
     return names
 
 
+NOT_LORA = "an adapter scale applies to LoRA-family adapters (LoRA, DoRA, AdaLoRA)"
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    """peft's LoRA-family layers in `model` (LoRA, DoRA, AdaLoRA): those whose update an adapter scale scales."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
 def scale_update(peft_model, scale: float) -> int:
     """Scale every LoRA-family layer's update by `scale` (0 <= scale <= 1): W + scale x (alpha / r) B A, the
     interpolation of WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022) between the
     pretrained encoder (0) and the trained one (1); the head stays as trained. Returns the layers scaled."""
-    from peft.tuners.lora import LoraLayer
-
     check_adapter_scale(scale)
     if scale == 1.0:
         return 0
-    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
+    layers = lora_layers(peft_model)
     if not layers:
-        raise ModelError("an adapter scale applies to LoRA-family adapters (LoRA, DoRA, AdaLoRA); this run's "
-                         "adapter has no LoRA layer")
+        raise ModelError(f"{NOT_LORA}; this run's adapter has no LoRA layer")
     for layer in layers:
         layer.scale_layer(scale)  # peft's own: multiplies the layer's scaling, which merging then uses
     return len(layers)
@@ -125,9 +132,7 @@ def scale_update(peft_model, scale: float) -> int:
 def scaled_update(model: nn.Module, scale: float):
     """The LoRA-family layers of a training model scaled by `scale` inside the block (adapter.inference_scale,
     for evaluations during training), their own scaling restored after."""
-    from peft.tuners.lora import LoraLayer
-
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)] if scale != 1.0 else []
+    layers = lora_layers(model) if scale != 1.0 else []
     saved = [dict(layer.scaling) for layer in layers]
     for layer in layers:
         layer.scale_layer(scale)

@@ -18,7 +18,7 @@ from ..config import Config, load_config
 from ..data import LabelSpace
 from ..data.normalize import normalize_texts
 from ..errors import DamagedFileError, RunDirError
-from ..model.adapters import merge_into_base, quiet_peft_deprecations, scale_update
+from ..model.adapters import check_adapter_scale, merge_into_base, quiet_peft_deprecations, scale_update
 from ..model.backbone import load_pretrained, load_tokenizer
 from ..model.build import build_adapted_model
 from ..model.heads import apply_head
@@ -67,6 +67,10 @@ class Classifier:
                  adapter_scale: float | None = None):
         self.run = run
         self.config: Config = load_config(run.config)
+        # WiSE-FT's interpolation towards the pretrained encoder, when asked (model.adapters.scale_update): the
+        # run's adapter.inference_scale unless the caller says otherwise; checked before anything slow loads
+        self.adapter_scale = self.config.adapter.inference_scale if adapter_scale is None else adapter_scale
+        check_adapter_scale(self.adapter_scale)
         self.labels = LabelSpace.from_json(read_json(run.labels, "the run's class names are lost: train it again"))
         self.tokenizer = load_tokenizer(self.config.model.name,
                                         trust_remote_code=self.config.model.trust_remote_code)
@@ -78,9 +82,6 @@ class Classifier:
         else:
             peft_model = load_best_checkpoint(self.config, self.labels, run)
             self.checkpoint = read_json(run.best / "meta.json", "the run is still being written: try again")
-        # WiSE-FT's interpolation towards the pretrained encoder, when asked (model.adapters.scale_update): the
-        # run's adapter.inference_scale unless the caller says otherwise
-        self.adapter_scale = self.config.adapter.inference_scale if adapter_scale is None else adapter_scale
         scale_update(peft_model, self.adapter_scale)
         # Merged weights: inference costs what the plain model costs, with no adapter matmuls on the side.
         self.model = merge_into_base(peft_model)

@@ -8,7 +8,6 @@ from ..config import DataConfig, load_config, override_section
 from ..data import evaluation_examples, load_source, split_train_validation, validation_hash
 from ..errors import DataError
 from ..metrics import classification_scores, format_report
-from ..model.adapters import check_adapter_scale
 from ..plots import plot_confusion_matrix
 from ..rundir import atomic_write_json, open_finished, read_json
 from .api import Classifier, still_running_note
@@ -47,8 +46,6 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
     run = open_finished(run_dir, allow_running=True)
     # checked before the model loads: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
-    if adapter_scale is not None:
-        check_adapter_scale(adapter_scale)
     clf = Classifier(run, adapter_scale=adapter_scale)
     examples, name = _evaluation_rows(clf, source, data_cfg)
     data = clf.tokenize(examples.texts, examples.labels, progress=progress)

@@ -12,7 +12,7 @@ import torch
 
 from ..config import load_config
 from ..errors import RunDirError
-from ..model.adapters import check_adapter_scale
+from ..model.adapters import NOT_LORA, check_adapter_scale
 from ..model.heads import HEADS, head_style, model_family
 from ..rundir import follow_umask, open_finished, remove_quietly, replace_dir, writing
 from .api import Classifier
@@ -57,8 +57,7 @@ def _scale_b(weights: Path, scale: float) -> None:
     tensors = load_file(weights)
     b = [k for k in tensors if ".lora_B." in k]
     if not b:
-        raise RunDirError("an adapter scale applies to LoRA-family adapters (LoRA, DoRA, AdaLoRA); this run's "
-                          "adapter has no LoRA B matrix")
+        raise RunDirError(f"{NOT_LORA}; this run's adapter has no LoRA B matrix")
     for key in b:
         tensors[key] = tensors[key] * scale
     save_file(tensors, str(weights), metadata={"format": "pt"})
@@ -101,8 +100,6 @@ def export_merged(run_dir: str, out: str, *, custom_code: bool = False, adapter_
     """A plain transformers model: adapters merged into the weights (their update scaled by `adapter_scale`),
     head and tokenizer included. A head the stock classes cannot express needs `custom_code`: the model then
     carries its own modeling file."""
-    if adapter_scale is not None:
-        check_adapter_scale(adapter_scale)
     run = open_finished(run_dir)
     clf = Classifier(run, device="cpu", precision="fp32", adapter_scale=adapter_scale)
     head = clf.config.head

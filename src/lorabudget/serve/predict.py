@@ -12,7 +12,6 @@ import torch
 from ..config import load_config, override_section
 from ..data import load_source
 from ..errors import LorabudgetError
-from ..model.adapters import check_adapter_scale
 from ..rundir import atomic_write_text, open_finished, read_json
 from ..runtime.priors import adapt_priors
 from .api import Classifier, still_running_note
@@ -39,8 +38,6 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     run = open_finished(run_dir, allow_running=True)
     # checked before the model loads, as a config file is: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
-    if adapter_scale is not None:
-        check_adapter_scale(adapter_scale)
     clf = Classifier(run, adapter_scale=adapter_scale)
     dataset = load_source(data_cfg, source, labels=clf.labels, require_labels=False)
     split = "test" if "test" in dataset.splits else "train"
