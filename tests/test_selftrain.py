@@ -89,3 +89,26 @@ def test_a_run_stopped_in_a_round_resumes_to_the_same_result(selftrained, tiny_r
     a, b = (json.loads((run / "summary.json").read_text()) for run in (selftrained, out))
     assert a["best"] == b["best"] and a["final"] == b["final"] and a["steps"] == b["steps"]
     assert a["selftrain"] == b["selftrain"]
+
+
+def test_pseudo_labels_come_from_the_model_as_shipped(tiny_roberta, easy_csv, tmp_path):
+    """With adapter.inference_scale < 1 the rounds pseudo-label with the scaled update (WiSE-FT), as predict does."""
+    from test_regularisers import _train
+
+    from lorabudget import load
+    from lorabudget.train.selftrain import pseudo_label
+
+    cfg = _cfg(tiny_roberta, easy_csv, tmp_path, tmp_path / "run")
+    cfg["optim"]["max_steps"] = 8
+    cfg["adapter"]["inference_scale"] = 0.0  # the pretrained encoder under the trained head: far from the full model
+    cfg["selftrain"] = {"rounds": 1, "threshold": 0.0, "epochs": 0.05}
+    _, recipe = _train(cfg, tmp_path)
+    texts = [t for t, _ in make_texts(120, seed=51)]
+    record = pseudo_label(recipe, 9)  # the run's best weights, every target row (threshold 0)
+    shipped, full = (load(tmp_path / "run", adapter_scale=s, precision="fp32") for s in (None, 1.0))
+    scaled_logits = shipped.logits(shipped.tokenize(texts))
+    top2 = np.sort(scaled_logits, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4  # merged and unmerged weights may order a near-tie apart
+    assert record["indices"] == list(range(120))
+    assert (np.asarray(record["labels"])[clear] == scaled_logits.argmax(1)[clear]).all()
+    assert (scaled_logits.argmax(1) != full.logits(full.tokenize(texts)).argmax(1)).any()  # the scale matters

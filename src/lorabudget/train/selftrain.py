@@ -17,6 +17,7 @@ import torch
 
 from ..data import load_source
 from ..data.normalize import normalize_texts
+from ..model.adapters import scaled_update
 from ..model.weights import load_weights
 from ..rundir import atomic_write_json, read_json
 from ..runtime.augment import token_noise
@@ -60,12 +61,15 @@ def _round_file(recipe, k: int):
 
 def pseudo_label(recipe, k: int) -> dict:
     """Round k's rows: the best checkpoint's predictions on the target, selected; written before the round
-    trains (every process computes the same, deterministically)."""
+    trains (every process computes the same, deterministically). The predictions are the model as shipped: with
+    adapter.inference_scale < 1 its update scaled back (WiSE-FT), which reads a shifted target better than the
+    full update (docs/shift.md), so the pseudo-labels are the better ones."""
     s, model = recipe.cfg.selftrain, recipe.accelerator.unwrap_model(recipe.model)
     load_weights(model, recipe.run.best, "the run's best weights are lost: start it again with --overwrite")
-    rows, logits = predict_logits(model, TokenBatches(recipe.target_data, recipe.pad_id),
-                                  batch_size=recipe.cfg.eval.batch_size, device=recipe.device, dtype=recipe.dtype,
-                                  forward=recipe.forward)
+    with scaled_update(model, recipe.cfg.adapter.inference_scale):
+        rows, logits = predict_logits(model, TokenBatches(recipe.target_data, recipe.pad_id),
+                                      batch_size=recipe.cfg.eval.batch_size, device=recipe.device,
+                                      dtype=recipe.dtype, forward=recipe.forward)
     probs = torch.softmax(torch.from_numpy(ordered(rows, logits, len(recipe.target_data))).double(), -1).numpy()
     estimate = None
     if s.adapt_priors:
