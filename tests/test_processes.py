@@ -57,7 +57,8 @@ def test_two_processes_share_each_batch_stop_together_and_resume_exactly(tiny_ro
     stopped = tmp_path / "stopped"
     (tmp_path / "slow").mkdir()
     (tmp_path / "slow" / "sitecustomize.py").write_text(SLOW_STEPS)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "slow"), "OMP_NUM_THREADS": "2"}
+    # MKL_NUM_THREADS outranks OMP_NUM_THREADS in torch: each process must get both, or it takes both cores
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "slow"), "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "lorabudget.cli", "train", "-c",
                              str(write_config(tmp_path / "b.yaml", _cfg(tiny_roberta, easy_csv, stopped)))],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

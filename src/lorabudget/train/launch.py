@@ -3,10 +3,11 @@
 `lorabudget train` with speed.processes N > 1 (and not already under a launcher) starts N copies of itself, each
 `python -m lorabudget.cli train ...` with the environment torchrun gives its workers (RANK, LOCAL_RANK,
 WORLD_SIZE, MASTER_ADDR/MASTER_PORT on this machine; accelerate then joins them with gloo on CPUs, NCCL on GPUs)
-and OMP_NUM_THREADS = threads / N. The starting command stays as their parent: it holds the run's lock and passes
-it on (the lock lives as long as any of them), forwards SIGINT and SIGTERM to them once each (they stop together
-at the next step, with a checkpoint, as one process does), and turns the way they ended into one message: each
-worker reports its error to a file instead of printing it, and the workers other than rank 0 print nothing.
+and OMP_NUM_THREADS = MKL_NUM_THREADS = threads / N. The starting command stays as their parent: it holds the run's
+lock and passes it on (the lock lives as long as any of them), forwards SIGINT and SIGTERM to them once each (they
+stop together at the next step, with a checkpoint, as one process does), and turns the way they ended into one
+message: each worker reports its error to a file instead of printing it, and the workers other than rank 0 print
+nothing.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def launch(cfg: Config, run: RunDir, *, resume: bool, overwrite: bool) -> None:
         fd = held_descriptor(run.path)
         base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(n),
                 "LOCAL_WORLD_SIZE": str(n), "GROUP_RANK": "0", "OMP_NUM_THREADS": str(threads),
+                "MKL_NUM_THREADS": str(threads),  # torch takes MKL's over OMP's when both are set
                 REPORT_ENV: str(folder), **({INHERITED_LOCK_ENV: str(fd)} if fd is not None else {})}
         procs: list[subprocess.Popen] = []
         with forwarding(procs) as received:
