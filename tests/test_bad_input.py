@@ -132,6 +132,9 @@ CASES = {
     "classic-wrong-field-count": Case(
         lambda c: c.train(data=c.csv("classic.csv", ['"1","title","body"', '"2","only two"'])),
         ("classic.csv", "line 2", "2 fields, expected 3 (label, title, description)")),
+    "max-length-past-the-model": Case(  # the tiny tokenizer reads 64 tokens; texts that long would crash late
+        lambda c: c.train(model={"max_length": 65}),
+        ("model.max_length=65", "reads at most 64 tokens", "set model.max_length to 64 or less")),
     "misnamed-text-column": Case(
         lambda c: c.train(data=c.csv("cols.csv", ["sentence,label", "one,World", "two,Sports"])),
         ("cols.csv", "no text column 'text'", "'sentence'", "data.text_column")),

@@ -12,6 +12,7 @@ import torch
 from ..config import Config
 from ..data import LabelSpace, TrainingData, load_training_data
 from ..data.normalize import normalize_texts
+from ..errors import ConfigError
 from ..model.backbone import load_tokenizer
 from ..model.build import AdaptedModel, build_adapted_model
 from ..runtime.attention import use_cpu_dropout_attention
@@ -37,6 +38,7 @@ def prepare_data(cfg: Config, progress: bool, say=print) -> PreparedData:
     """The run's training data, split, and both splits tokenized (once: the token ids are cached on disk)."""
     data = load_training_data(cfg)
     tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    check_max_length(cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parts = {"train": data.split.train, "validation": data.split.validation, **data.split.extra}
     started = time.perf_counter()
@@ -49,6 +51,21 @@ def prepare_data(cfg: Config, progress: bool, say=print) -> PreparedData:
         + f" ({seconds:.1f} s)")
     train, validation = tokens.pop("train"), tokens.pop("validation")
     return PreparedData(data, tokenizer, pad_id, train, validation, tokens)
+
+
+# Tokenizers without a limit of their own report a huge sentinel (transformers' VERY_LARGE_INTEGER, 1e30).
+_NO_LIMIT = 1_000_000
+
+
+def check_max_length(cfg: Config, tokenizer) -> None:
+    """model.max_length past the model's positions would fail deep inside its embeddings on the first long text
+    (an index error from torch, possibly hours into a run): refuse it here. The tokenizer's model_max_length is
+    the model's own statement of what it reads (roberta-base: 512 of its 514 positions, the first two taken by
+    the padding offset), where the config's max_position_embeddings would need per-family arithmetic."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _NO_LIMIT and cfg.model.max_length > limit:
+        raise ConfigError(f"model.max_length={cfg.model.max_length}, but {cfg.model.name} reads at most {limit} "
+                          f"tokens (its tokenizer's model_max_length); set model.max_length to {limit} or less")
 
 
 @dataclass
