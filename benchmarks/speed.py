@@ -2,7 +2,8 @@
 
     python benchmarks/speed.py [--quick] [--json PATH] [--cases minilm-recommended,roberta-recommended,minilm-all,
                                minilm-top2,minilm-top2-3ep,roberta-shape]
-                               [--methods ...,lorabudget-compile,lorabudget-eager,lorabudget-torch-dropout]
+                               [--methods ...,lorabudget-compile,lorabudget-eager,lorabudget-torch-dropout,
+                                          lorabudget-2p]
                                [--skip-time-to-accuracy | --only-time-to-accuracy]
 
 Each (case, method) pair runs in its own subprocess, so its peak memory is its own, and the pairs of a case
@@ -51,8 +52,9 @@ SHARED = ROOT.parent / "shared" / "data" / "ag_news" / "train_subset.csv.gz"
 METHODS = ["trainer-pad128", "trainer-dynamic", "trainer-best", "lorabudget"]
 # On request (--methods): torch.compile takes minutes on a CPU; lorabudget-eager is lorabudget with compile off
 # where the case turns it on (a GPU case: what compiling is worth); torch-dropout is lorabudget with
-# speed.fast_dropout off, to see what the fast dropout masks are worth on this machine.
-EXTRA_METHODS = ["lorabudget-compile", "lorabudget-eager", "lorabudget-torch-dropout"]
+# speed.fast_dropout off, to see what the fast dropout masks are worth on this machine; lorabudget-2p is
+# `lorabudget train` with speed.processes=2 (two local processes, each half the threads, sharing every batch).
+EXTRA_METHODS = ["lorabudget-compile", "lorabudget-eager", "lorabudget-torch-dropout", "lorabudget-2p"]
 
 ALL_SIX = ["query", "key", "value", "attention_output", "ffn_in", "ffn_out"]  # lorabudget's roles (model/families)
 CASES = ["minilm-recommended", "roberta-recommended", "minilm-all", "minilm-top2", "minilm-top2-3ep", "roberta-shape"]
@@ -489,6 +491,49 @@ def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False, fas
             "train_rows": n_train}
 
 
+def run_lorabudget_processes(s: dict, path: str, workdir: Path, n: int) -> dict:
+    """lorabudget's throughput with speed.processes=n, as a user starts it: the `lorabudget train` command, which
+    starts the n processes itself (each with this process's threads / n). The rate is summary.json's, over every
+    step: the first steps' one-off costs, which the other methods' clocks leave out, count against it. Evaluation
+    is one process (predict and evaluate do not start several), measured as run_lorabudget measures it."""
+    import csv
+
+    from lorabudget import load
+    from lorabudget.config import dump_config
+
+    texts, labels = load_texts(s["steps"] * s["batch_size"] + s["eval_rows"], source=data_source(s))
+    n_train = s["steps"] * s["batch_size"]
+    data = workdir / "lb-data.csv"
+    with open(data, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels))
+    cfg = lorabudget_config(path, data, s, workdir / "lb-run-processes", validation_rows=s["eval_rows"],
+                            optim={"lr": s["lr"], "max_steps": s["steps"] * s["epochs"]}, eval_every=10**9)
+    cfg = cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": n})})
+    config_file = workdir / "lb-processes.yaml"
+    config_file.write_text(dump_config(cfg))
+    subprocess.run([sys.executable, "-m", "lorabudget.cli", "train", "-c", str(config_file), "--overwrite"],
+                   check=True, stdout=subprocess.DEVNULL)
+    summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
+    clf = load(cfg.output_dir)
+    val = clf.tokenize(texts[n_train:])
+    eval_batch = s.get("eval_batch_size") or 128
+    if s.get("eval_warmup"):
+        clf.logits(val, batch_size=eval_batch)
+    t = time.perf_counter()
+    clf.logits(val, batch_size=eval_batch)
+    eval_s = time.perf_counter() - t
+    return {"train_samples_per_s": summary["train_samples_per_s"], "eval_samples_per_s": len(texts[n_train:]) / eval_s,
+            "real_tokens_per_sample": _mean_tokens(clf, texts[:n_train], s.get("max_length", 128)),
+            "precision": summary["precision"], "num_processes": summary["num_processes"], "train_rows": n_train}
+
+
+def _mean_tokens(clf, texts: list[str], max_length: int) -> float:
+    lengths = [len(ids) for ids in clf.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
+    return sum(lengths) / len(lengths)
+
+
 # ---- time to accuracy (full mode) -----------------------------------------------------------------------------
 
 TTA = {"r": 8, "alpha": 16, "targets": ["query", "value"], "batch_size": 32, "validation_rows": 1000,
@@ -566,6 +611,8 @@ def measure_one(spec: dict) -> dict:
         out = run_tta_trainer(path, workdir)
     elif method == "tta-lorabudget":
         out = run_tta_lorabudget(path, workdir, spec["target"])
+    elif method == "lorabudget-2p":
+        out = run_lorabudget_processes(s, path, workdir, 2)
     elif method.startswith("lorabudget"):
         compile = (s.get("compile", False) or method == "lorabudget-compile") and method != "lorabudget-eager"
         out = run_lorabudget(s, path, workdir, compile=compile, fast_dropout=method != "lorabudget-torch-dropout")
@@ -608,11 +655,14 @@ def derive(block: dict, config, peak_flops: float | None = None) -> None:
         r["useful_train_gflops"] = r["train_samples_per_s"] * seq * (fwd + bwd) / 1e9
         if peak_flops:
             r["peak_share"] = r["useful_train_gflops"] * 1e9 / peak_flops
-    lb = block["methods"].get("lorabudget", {})
-    for m, r in block["methods"].items():
-        if m != "lorabudget" and "error" not in r and "train_samples_per_s" in r and "train_samples_per_s" in lb:
-            lb[f"train_x_{m}"] = lb["train_samples_per_s"] / r["train_samples_per_s"]
-            lb[f"eval_x_{m}"] = lb["eval_samples_per_s"] / r["eval_samples_per_s"]
+    for name, lb in block["methods"].items():  # lorabudget's, and its variants', against every other method
+        if not name.startswith("lorabudget") or "train_samples_per_s" not in lb:
+            continue
+        for m, r in block["methods"].items():
+            if m != name and "error" not in r and "train_samples_per_s" in r and (name == "lorabudget"
+                                                                                 or m.startswith("trainer")):
+                lb[f"train_x_{m}"] = lb["train_samples_per_s"] / r["train_samples_per_s"]
+                lb[f"eval_x_{m}"] = lb["eval_samples_per_s"] / r["eval_samples_per_s"]
 
 
 def main() -> int:
@@ -714,6 +764,11 @@ def print_table(results: dict) -> None:
             print(f"{case}: {block['title']}; both sides adapt {a['modules']} modules, {a['lora_params']:,} LoRA "
                   f"parameters, {a['trainable']:,} trainable in all")
     print("train x / eval x: lorabudget's throughput divided by that method's (same run, same data).")
+    for case, block in results["cases"].items():
+        for m, r in block["methods"].items():
+            if m.startswith("lorabudget-") and "train_x_trainer-best" in r:
+                print(f"{case}: {m} trains {r['train_x_trainer-best']:.2f}x and evaluates "
+                      f"{r['eval_x_trainer-best']:.2f}x the best Trainer setup")
     tta = results.get("time_to_accuracy")
     if tta:
         base, ours = tta["baseline"], tta.get("lorabudget", {})
