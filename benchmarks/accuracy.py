@@ -32,9 +32,10 @@ import recipes  # noqa: E402  (benchmarks/recipes.py: trains configs x seeds, sk
 
 PATHS = {
     "fast": {"model": {"precision": "auto"},
-             "speed": {"length_buckets": True, "cache_frozen_prefix": True, "fast_dropout": True}},
+             "speed": {"length_buckets": True, "cache_frozen_prefix": True, "fast_dropout": True, "processes": 1}},
     "plain": {"model": {"precision": "fp32"},
-              "speed": {"length_buckets": False, "cache_frozen_prefix": False, "fast_dropout": False}},
+              "speed": {"length_buckets": False, "cache_frozen_prefix": False, "fast_dropout": False,
+                        "processes": 1}},
     # the fast path over two local processes of one thread each, every batch shared out (speed.processes: 2):
     # their random streams differ from one process's, so whether it learns as well is measured, not assumed
     "fast-2p": {"model": {"precision": "auto"},

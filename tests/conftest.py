@@ -199,6 +199,9 @@ def tiny_config(model_dir: Path, data: Path, out: Path, **sections) -> dict:
         "optim": {"lr": 1e-2, "batch_size": 16, "epochs": 6, "warmup_ratio": 0.1},
         "eval": {"every_steps": 36},
         "logging": {"every_steps": 5, "progress": False},
+        # one process: a second one's start-up (seconds) would cost more than these few steps; the default
+        # ('auto': 2 on a CPU for a small encoder) is tested where processes are (test_processes)
+        "speed": {"processes": 1},
         "seed": 0,
         "output_dir": str(out),
     }

@@ -114,6 +114,7 @@ def test_auto_chooses_two_processes_for_a_small_encoder_on_a_cpu(tiny_roberta, e
     from lorabudget.train import launch
 
     monkeypatch.setattr(launch, "physical_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
 
     def auto(**optim):
         cfg = build_config(_cfg(tiny_roberta, easy_csv, tmp_path / "x", "auto") | {"optim": {"batch_size": 32,
@@ -121,8 +122,13 @@ def test_auto_chooses_two_processes_for_a_small_encoder_on_a_cpu(tiny_roberta, e
         return launch.auto_processes(cfg)[0]
 
     assert auto() == 2
+    defaults = {k: v for k, v in _cfg(tiny_roberta, easy_csv, tmp_path / "x").items() if k != "speed"}
+    assert build_config(defaults).speed.processes == "auto"  # the default
     assert auto(batch_size=128) == 1  # big batches keep one process's threads busy
     assert auto(batch_size=31) == 1  # does not split in two
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert auto() == 1  # one thread in all: nothing to share out
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     monkeypatch.setattr(launch, "physical_cores", lambda: 1)
     assert auto() == 1
     monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -59,11 +59,13 @@ def _read_args(p: argparse.ArgumentParser) -> None:
                    help="how to read the source, e.g. --set data.text_column=sentence")
 
 
-def _scale_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--adapter-scale", type=float, default=None, metavar="S",
+def _scale_arg(p: argparse.ArgumentParser, several: bool = False) -> None:
+    p.add_argument("--adapter-scale", type=float, default=None, metavar="S", nargs="+" if several else None,
                    help="scale the LoRA update by S in [0, 1] before merging (WiSE-FT: 0 is the pretrained encoder, "
                    "1 the trained adapter; below 1 can hold up better on texts unlike the training data, see "
-                   "docs/shift.md); the head stays as trained. Default: the run's adapter.inference_scale")
+                   "docs/shift.md); the head stays as trained. Default: the run's adapter.inference_scale"
+                   + ("; several scales score each and print a table of them, to choose one on labelled rows "
+                      "of the kind you will be graded on" if several else ""))
 
 
 def _collect_overrides(args) -> list[str]:
@@ -224,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a finished run: accuracy, macro-F1, per-class table, confusion matrix")
     p.add_argument("run", help="run directory")
     p.add_argument("--data", help="data source to score (default: the run's own validation split)")
-    p.add_argument("--out", help="output folder (default RUN/eval/<data>, -scale<S> appended for a scale)")
-    _scale_arg(p)
+    p.add_argument("--out", help="output folder (default RUN/eval/<data>, -scale<S> appended for a scale; with "
+                   "several scales, a folder scale<S> inside it for each)")
+    _scale_arg(p, several=True)
     _read_args(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -3,6 +3,8 @@ it found. Errors the user can fix raise LorabudgetError, which `cli.main` turns 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import LorabudgetError
 
 
@@ -28,16 +30,30 @@ def class_counts(result: dict) -> str:
 
 def cmd_evaluate(args) -> int:
     from .metrics import format_report
+    from .model.adapters import check_adapter_scale
     from .serve.evaluate import evaluate
 
-    scores, out = evaluate(args.run, args.data, args.out, _data_overrides(args), adapter_scale=args.adapter_scale)
-    if scores["note"]:
-        print(scores["note"])
-    scale = scores.get("adapter_scale", 1.0)
-    scaled = f", LoRA update scaled by {scale:g}" if scale != 1.0 else ""
-    print(f"evaluated {args.run} on {scores['data']}{scaled}")
-    print(format_report(scores))
-    print(f"wrote     {out}/metrics.json and confusion_matrix.png")
+    scales = args.adapter_scale or [None]
+    for scale in scales:  # every scale checked before the first model loads
+        if scale is not None:
+            check_adapter_scale(scale)
+    table = []
+    for scale in scales:
+        out_dir = args.out and (str(Path(args.out) / f"scale{scale:g}") if len(scales) > 1 else args.out)
+        scores, out = evaluate(args.run, args.data, out_dir, _data_overrides(args), adapter_scale=scale)
+        if scores["note"] and scale == scales[0]:
+            print(scores["note"])
+        used = scores.get("adapter_scale", 1.0)
+        scaled = f", LoRA update scaled by {used:g}" if used != 1.0 else ""
+        print(f"evaluated {args.run} on {scores['data']}{scaled}")
+        print(format_report(scores))
+        print(f"wrote     {out}/metrics.json and confusion_matrix.png")
+        table.append((used, scores["accuracy"], scores["macro_f1"]))
+    if len(table) > 1:  # the choice at a glance: each scale's scores on the same rows
+        best = max(table, key=lambda row: row[1])
+        print(f"\n{'scale':>6s} {'accuracy':>9s} {'macro-F1':>9s}   ({scores['data']})")
+        for used, acc, f1 in table:
+            print(f"{used:6g} {acc:9.4f} {f1:9.4f}" + ("   best" if (used, acc, f1) == best else ""))
     return 0
 
 

@@ -34,8 +34,9 @@ REPORT_ENV = "LORABUDGET_WORKER_REPORTS"  # the folder where each started proces
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FAILURE_GRACE_S = 30.0  # after one process fails, the time the others get to end before they are killed
 
-# `auto`, until benchmarks/processes.py has measured the crossover on an idle machine: two 1-thread processes
-# beat one 2-thread process for MiniLM (hidden 384) at batch 32, ~50 tokens (docs/benchmarks.md).
+# `auto` (the default): two 1-thread processes beat one 2-thread process for MiniLM (hidden 384) by 1.35x at batch
+# 32 and 1.16x at 64, ~50 tokens (benchmarks/processes.py, docs/benchmarks.md). Wider encoders keep one process's
+# threads busy with bigger matmuls, so they stay at 1 until the roberta-base-shape crossover is measured.
 AUTO_MAX_HIDDEN = 512
 AUTO_MAX_BATCH = 64
 
@@ -67,6 +68,10 @@ def auto_processes(cfg: Config) -> tuple[int, str]:
     cores = physical_cores()
     if cores < 2:
         return 1, "fewer than 2 physical cores"
+    import torch
+
+    if torch.get_num_threads() < 2:  # OMP_NUM_THREADS=1 (two trainings side by side, say): no threads to share out
+        return 1, "one thread (OMP_NUM_THREADS=1)"
     if cfg.optim.batch_size % 2:
         return 1, f"optim.batch_size={cfg.optim.batch_size} does not split in two"
     if cfg.optim.batch_size > AUTO_MAX_BATCH:
