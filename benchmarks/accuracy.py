@@ -5,8 +5,8 @@
 
 MiniLM (packaged), LoRA on query and value r=8, a fixed number of steps on ../shared's AG News with 1,000
 validation rows held out (stratified, split_seed 0). Two paths, each over the same seeds:
-  fast    lorabudget's defaults: length buckets with per-batch padding, `precision: auto` (bf16 where the
-          hardware has it natively), frozen-prefix caching where it applies, fast dropout masks on CPUs
+  fast    lorabudget's defaults in one process: length buckets with per-batch padding, `precision: auto` (bf16
+          where the hardware has it natively), frozen-prefix caching where it applies, fast dropout masks on CPUs
   plain   fp32, random batches, no caching, torch's own dropout
   fast-2p the fast path trained by two local processes of one thread each (speed.processes: 2); run it alone
           (--paths fast-2p --jobs 1 --threads 2): each of its trainings takes both cores

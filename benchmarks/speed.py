@@ -618,7 +618,9 @@ def measure_one(spec: dict) -> dict:
         out = run_lorabudget(s, path, workdir, compile=compile, fast_dropout=method != "lorabudget-torch-dropout")
     else:
         out = run_trainer(s, path, method, workdir)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # the largest process: this one, or one it started and waited for (lorabudget-2p's training processes)
+    out["peak_rss_mib"] = max(resource.getrusage(who).ru_maxrss
+                              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
     if s.get("device") == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out

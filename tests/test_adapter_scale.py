@@ -68,13 +68,13 @@ def test_every_reader_scales_alike(trained_run, texts, tmp_path, capsys):
     scores = json.loads(next((trained_run / "eval").glob("*-scale0.5/metrics.json")).read_text())
     assert scores["adapter_scale"] == 0.5
     # several scales: each scored as alone, into its own folder, and a table to choose from
-    assert main(["evaluate", str(trained_run), "--data", str(data), "--adapter-scale", "0.5", "0", "1",
+    assert main(["evaluate", "--adapter-scale", "0.5,0,1,0.5", str(trained_run), "--data", str(data),
                  "--out", str(tmp_path / "scales")]) == 0
     printed = capsys.readouterr().out
     table = [line.split() for line in printed.split("scale  accuracy")[1].splitlines()[1:4]]
     assert [float(row[0]) for row in table] == [0.5, 0.0, 1.0]
     again = json.loads((tmp_path / "scales" / "scale0.5" / "metrics.json").read_text())
-    assert again["accuracy"] == scores["accuracy"] == float(table[0][1])
+    assert again["accuracy"] == scores["accuracy"] == pytest.approx(float(table[0][1]), abs=5e-5)
     assert sum(row[-1] == "best" for row in table) == 1
     assert main(["predict", str(trained_run), "--data", str(data), "--out", str(tmp_path / "p.csv"),
                  "--adapter-scale", "0.5"]) == 0
@@ -87,7 +87,7 @@ def test_a_scale_outside_0_1_is_refused(trained_run, tmp_path, scale, capsys):
     assert main(["export", str(trained_run), "--merged", str(tmp_path / "m"), "--adapter-scale", scale]) == 2
     assert "must lie in [0, 1]" in capsys.readouterr().err and not (tmp_path / "m").exists()
     # several scales: all are checked before the first is scored
-    assert main(["evaluate", str(trained_run), "--adapter-scale", "0.5", scale, "--out", str(tmp_path / "e")]) == 2
+    assert main(["evaluate", str(trained_run), "--adapter-scale", f"0.5,{scale}", "--out", str(tmp_path / "e")]) == 2
     assert "must lie in [0, 1]" in capsys.readouterr().err and not (tmp_path / "e").exists()
 
 

@@ -134,3 +134,37 @@ def test_auto_chooses_two_processes_for_a_small_encoder_on_a_cpu(tiny_roberta, e
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     cfg = launch.resolve_processes(build_config(_cfg(tiny_roberta, easy_csv, tmp_path / "x", "auto")), say=str)
     assert cfg.speed.processes == 1  # recorded as the number that runs
+
+
+def test_the_auto_default_keeps_old_meanings(tiny_roberta, easy_csv, tmp_path, monkeypatch):
+    """'auto' is the default now: under an outside launcher it means a batch per process, as 1 did; runs record
+    the number that trained them; the number is no part of a recipe; DistilBERT's shape is read too."""
+    from test_regularisers import _train
+
+    from lorabudget.config import build_config, recipe_settings
+    from lorabudget.train import launch
+
+    auto = build_config(_cfg(tiny_roberta, easy_csv, tmp_path / "x", "auto"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    resolved = launch.resolve_processes(auto, say=str)
+    assert resolved.speed.processes == 1 and not launch.splits_batch(auto, 2) and launch.splits_batch(
+        build_config(_cfg(tiny_roberta, easy_csv, tmp_path / "x", 2)), 2)
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+
+    two = build_config(_cfg(tiny_roberta, easy_csv, tmp_path / "x", 2))
+    assert recipe_settings(auto) == recipe_settings(two)  # 1 or 2 processes: seeds of one recipe
+
+    monkeypatch.setattr(launch, "physical_cores", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(launch, "AUTO_MAX_HIDDEN", 4096)  # so that the memory estimate reads the FFN's width
+    distil = build_config(_cfg(tiny_roberta, easy_csv, tmp_path / "x", "auto")
+                          | {"model": {"name": "distilbert-base-uncased"}})
+    assert launch.auto_processes(distil)[0] in (1, 2)  # its shipped config names the width hidden_dim
+    monkeypatch.undo()
+
+    cfg = _cfg(tiny_roberta, easy_csv, tmp_path / "run", "auto")
+    cfg["optim"]["max_steps"] = 2
+    _train(cfg, tmp_path)  # in this process: 'auto' is never resolved, one process trains
+    assert "processes: 1" in (tmp_path / "run" / "config.yaml").read_text()

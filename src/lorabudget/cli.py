@@ -59,13 +59,23 @@ def _read_args(p: argparse.ArgumentParser) -> None:
                    help="how to read the source, e.g. --set data.text_column=sentence")
 
 
+def _scales(text: str) -> list[float]:
+    """'0.5,0.75,1' -> [0.5, 0.75, 1.0], repeats dropped (a comma list, not nargs='+', so that
+    `evaluate --adapter-scale 0.5 RUN` still reads RUN as the run)."""
+    try:
+        return list(dict.fromkeys(float(part) for part in text.split(",") if part.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, not {text!r}") from None
+
+
 def _scale_arg(p: argparse.ArgumentParser, several: bool = False) -> None:
-    p.add_argument("--adapter-scale", type=float, default=None, metavar="S", nargs="+" if several else None,
+    p.add_argument("--adapter-scale", type=_scales if several else float, default=None,
+                   metavar="S[,S...]" if several else "S",
                    help="scale the LoRA update by S in [0, 1] before merging (WiSE-FT: 0 is the pretrained encoder, "
                    "1 the trained adapter; below 1 can hold up better on texts unlike the training data, see "
                    "docs/shift.md); the head stays as trained. Default: the run's adapter.inference_scale"
-                   + ("; several scales score each and print a table of them, to choose one on labelled rows "
-                      "of the kind you will be graded on" if several else ""))
+                   + ("; several scales (1,0.75,0.5) score each and print a table of them, to choose one on "
+                      "labelled rows of the kind you will be graded on" if several else ""))
 
 
 def _collect_overrides(args) -> list[str]:
@@ -123,6 +133,8 @@ def cmd_train(args) -> int:
                 print(f"{run.path} already finished; nothing to resume")
                 return 0
             cfg = load_config(run.config)
+            if cfg.speed.processes == "auto":  # recorded before runs recorded their number: they trained in one
+                cfg = cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": 1})})
             resume = run.has_checkpoint()
         else:
             run.check_new(args.overwrite, main=is_main_process())  # again under the lock: a writer may have begun

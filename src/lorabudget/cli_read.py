@@ -48,12 +48,14 @@ def cmd_evaluate(args) -> int:
         print(f"evaluated {args.run} on {scores['data']}{scaled}")
         print(format_report(scores))
         print(f"wrote     {out}/metrics.json and confusion_matrix.png")
-        table.append((used, scores["accuracy"], scores["macro_f1"]))
+        table.append((used, scores["accuracy"], scores["macro_f1"], scores.get("checkpoint_step")))
     if len(table) > 1:  # the choice at a glance: each scale's scores on the same rows
-        best = max(table, key=lambda row: row[1])
+        best = max(range(len(table)), key=lambda i: table[i][1:3])
+        steps = {row[3] for row in table}
         print(f"\n{'scale':>6s} {'accuracy':>9s} {'macro-F1':>9s}   ({scores['data']})")
-        for used, acc, f1 in table:
-            print(f"{used:6g} {acc:9.4f} {f1:9.4f}" + ("   best" if (used, acc, f1) == best else ""))
+        for i, (used, acc, f1, step) in enumerate(table):
+            at = f"   checkpoint of step {step}" if len(steps) > 1 else ""  # a run still training moved on
+            print(f"{used:6g} {acc:9.4f} {f1:9.4f}" + ("   best" if i == best else "      ") + at)
     return 0
 
 

@@ -24,9 +24,9 @@ NOT_RECIPE = ("seed", "output_dir", "logging", "data.source")
 def effective_settings(cfg: Config, n_layers: int | None = None, precision: str | None = None) -> dict:
     """The config as a plain dict with the fields that have no effect blanked (None): `optim.epochs` under
     `optim.max_steps`, `optim.warmup_ratio` under `optim.warmup_steps`, `optim.ema_warmup` without
-    `optim.ema_decay`, `head.rank` for heads without one, and `speed.prefix_cache_storage` (RAM or disk hold the
-    same numbers). Two runs that train alike compare equal, even when written by versions with other defaults for
-    such fields.
+    `optim.ema_decay`, `head.rank` for heads without one, `speed.prefix_cache_storage` (RAM or disk hold the
+    same numbers) and `speed.processes` (1 or 2 processes learn alike: benchmarks/accuracy.py's fast-2p path).
+    Two runs that train alike compare equal, even when written by versions with other defaults for such fields.
 
     With the model's `n_layers` (a run's summary records it), `adapter.layers` is written one way: None for every
     layer, else the index list, so `top-half` and [3, 4, 5] on a 6-layer model compare equal. With the
@@ -35,6 +35,7 @@ def effective_settings(cfg: Config, n_layers: int | None = None, precision: str 
     recipe, while `auto` that became bf16 and an explicit `bf16` are the same."""
     out = cfg.model_dump(mode="json")
     out["speed"]["prefix_cache_storage"] = None
+    out["speed"]["processes"] = None  # how many processes shared the work: a speed choice, like a thread count
     if n_layers is not None:
         out["adapter"]["layers"] = canonical_layers(cfg.adapter.layers, n_layers)
     if precision is not None:

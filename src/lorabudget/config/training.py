@@ -149,7 +149,8 @@ class SpeedConfig(_Section):
         "else 1; on a GPU 1. Measured on 2 cores (docs/benchmarks.md): the recommended MiniLM recipe trains 1.35x "
         "faster as 2 processes of 1 thread than as 1 of 2 at batch 32, and learns as well (the accuracy "
         "benchmark, 3 seeds). config.yaml records the number that ran, so --resume starts as many. Under an "
-        "outside launcher (torchrun, accelerate launch) with 1, each process takes a whole batch_size, as before.",
+        "outside launcher (torchrun, accelerate launch), 1 and 'auto' give each process a whole batch_size, as "
+        "before; N (the launcher's count) shares each batch out.",
     )
 
     @field_validator("processes", mode="before")

@@ -65,13 +65,15 @@ def auto_processes(cfg: Config) -> tuple[int, str]:
     """speed.processes 'auto': (N, why)."""
     if not on_cpu(cfg):
         return 1, "one process on a GPU"
+    if os.name != "posix":  # the starting command forwards SIGINT / SIGTERM to its processes: POSIX signals
+        return 1, "processes are started on POSIX systems only"
     cores = physical_cores()
     if cores < 2:
         return 1, "fewer than 2 physical cores"
     import torch
 
     if torch.get_num_threads() < 2:  # OMP_NUM_THREADS=1 (two trainings side by side, say): no threads to share out
-        return 1, "one thread (OMP_NUM_THREADS=1)"
+        return 1, "one thread (OMP_NUM_THREADS / MKL_NUM_THREADS = 1, or torch.set_num_threads(1))"
     if cfg.optim.batch_size % 2:
         return 1, f"optim.batch_size={cfg.optim.batch_size} does not split in two"
     if cfg.optim.batch_size > AUTO_MAX_BATCH:
@@ -87,7 +89,9 @@ def auto_processes(cfg: Config) -> tuple[int, str]:
         return 1, f"hidden size {hidden} > {AUTO_MAX_HIDDEN}: one process's matmuls keep the threads busy"
     import psutil
 
-    weights = 4 * (mc.vocab_size * hidden + layers * (4 * hidden * hidden + 2 * hidden * mc.intermediate_size))
+    # the FFN's width: DistilBERT calls it hidden_dim
+    ffn = getattr(mc, "intermediate_size", None) or getattr(mc, "hidden_dim", None) or 4 * hidden
+    weights = 4 * (mc.vocab_size * hidden + layers * (4 * hidden * hidden + 2 * hidden * ffn))
     # activations kept for the backward: ~ 20 floats per hidden unit, token and layer, for half the batch
     activations = 4 * 20 * (cfg.optim.batch_size // 2) * cfg.model.max_length * hidden * layers
     need, free = 2 * (weights + activations), psutil.virtual_memory().available
@@ -101,8 +105,8 @@ def resolve_processes(cfg: Config, say=print) -> Config:
     """The config with speed.processes a number: the processes this run trains on (what config.yaml records, so
     that --resume starts as many). Refuses a batch that does not split evenly."""
     requested, world = cfg.speed.processes, launcher_world()
-    if world is not None:  # under a launcher: 'auto' is its count; 1 keeps the old meaning (a batch per process)
-        n = world if requested == "auto" else requested
+    if world is not None:  # under an outside launcher: 'auto' (the default) and 1 keep the old meaning, a batch per
+        n = 1 if requested == "auto" else requested  # process; N shares each batch out as lorabudget's own do
     elif requested == "auto":
         n, why = auto_processes(cfg)
         say(f"processes {n} (speed.processes auto: {why})")
@@ -133,9 +137,9 @@ def check_processes(cfg: Config, n: int | str, world: int) -> None:
 
 
 def splits_batch(cfg: Config, world: int) -> bool:
-    """Whether each batch of optim.batch_size rows is shared out over the processes (speed.processes > 1, or
-    'auto' under a launcher), rather than each process taking a whole batch (1 under an outside launcher)."""
-    return world > 1 and cfg.speed.processes in (world, "auto")
+    """Whether each batch of optim.batch_size rows is shared out over the processes (speed.processes = their
+    number), rather than each process taking a whole batch (1 or 'auto' under an outside launcher)."""
+    return world > 1 and cfg.speed.processes == world
 
 
 def batch_per_process(cfg: Config, world: int) -> int:

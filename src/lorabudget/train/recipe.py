@@ -1,9 +1,9 @@
 """The training recipe: setup -> train -> finish, one readable loop on `accelerate`.
 
 The same code runs on a CPU, a GPU, or several processes under `accelerate launch` / `torchrun` (data parallel:
-each process takes every world-th batch; gradients are averaged by DDP). Only the main process writes the run
-directory. The loop reads top to bottom: batch, forward under autocast, loss, backward (accumulating), clip, step,
-schedule, log, evaluate, checkpoint.
+each process takes every world-th batch, or a world-th of each batch with speed.processes = the world; gradients
+are averaged by DDP). Only the main process writes the run directory. The loop reads top to bottom: batch,
+forward under autocast, loss, backward (accumulating), clip, step, schedule, log, evaluate, checkpoint.
 """
 
 from __future__ import annotations

@@ -61,9 +61,17 @@ def recorded_config(cfg):
     return cfg.model_copy(update={"data": data, "model": model})
 
 
+def with_processes_run(cfg, world: int):
+    """The config with speed.processes the number that trains it (in-process training through the Python API
+    or a sweep never resolves 'auto'), so that --resume starts as many."""
+    if cfg.speed.processes != "auto":
+        return cfg
+    return cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": world})})
+
+
 def write_run_header(recipe) -> None:
     run = recipe.run
-    atomic_write_text(run.config, dump_config(recorded_config(recipe.cfg)))
+    atomic_write_text(run.config, dump_config(recorded_config(with_processes_run(recipe.cfg, recipe.world))))
     atomic_write_json(run.labels, recipe.labels.to_json())
     atomic_write_json(run.path / "split.json", data_facts(recipe))
     run.set_status("running")

@@ -65,7 +65,8 @@ def check_max_length(cfg: Config, tokenizer) -> None:
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < _NO_LIMIT and cfg.model.max_length > limit:
         raise ConfigError(f"model.max_length={cfg.model.max_length}, but {cfg.model.name} reads at most {limit} "
-                          f"tokens (its tokenizer's model_max_length); set model.max_length to {limit} or less")
+                          f"tokens (its tokenizer's model_max_length); set model.max_length to {limit} or less "
+                          "(for a run to resume: in its config.yaml)")
 
 
 @dataclass

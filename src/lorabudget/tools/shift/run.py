@@ -120,7 +120,7 @@ def verdict(s: dict) -> str:
     artefact_gap = max(abs(s["artefacts"]["train"][a] - s["artefacts"]["target"][a]) for a in s["artefacts"]["train"])
     # Ordered by what measured best on the course's target (docs/shift.md): the update scaled back first (the one
     # lever that lifted the shifted rows on every seed measured), then selection on target-like rows.
-    hints = ["scale the update back (evaluate RUN --data DEV --adapter-scale 1 0.75 0.6 0.5 on labelled "
+    hints = ["scale the update back (evaluate RUN --data DEV --adapter-scale 1,0.75,0.6,0.5 on labelled "
              "target-like rows, then adapter.inference_scale or --adapter-scale)",
              "select checkpoints on labelled target-like rows (data.validation_source)",
              "train on the target's texts too (data.target_source, selftrain.rounds)"]

@@ -49,6 +49,11 @@ def _comparable(base: Config) -> dict:
     return json.loads(json.dumps({**recipe_settings(base), "seed": base.seed}))
 
 
+# Recorded by studies begun before speed.processes left the recipe (config/recipe.py): trials train in one
+# process whatever it says, so a difference there is none.
+NOT_COMPARED = {"base_config: speed.processes"}
+
+
 def _diff(stored: Any, mine: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ. A key only `mine` has is a field added by a newer lorabudget since the
     study began: it takes its default, and is no difference."""
@@ -65,7 +70,8 @@ def _check_same_study(study, base: Config, space: Space) -> None:
         for key, value in mine.items():
             study.set_user_attr(key, value)
         return
-    diffs = [f"{k}: {d}" for k in mine for d in _diff(attrs.get(k), mine[k])]
+    diffs = [f"{k}: {d}" for k in mine for d in _diff(attrs.get(k), mine[k])
+             if f"{k}: {d}" not in NOT_COMPARED]
     if diffs:
         raise ConfigError(f"study {study.study_name!r} was started with another base config or space "
                           f"(differs at {', '.join(diffs[:6])}); choose another --study or --out to start a "
