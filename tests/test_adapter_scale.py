@@ -86,6 +86,11 @@ def test_every_reader_scales_alike(trained_run, texts, tmp_path, capsys):
 def test_a_scale_outside_0_1_is_refused(trained_run, tmp_path, scale, capsys):
     assert main(["export", str(trained_run), "--merged", str(tmp_path / "m"), "--adapter-scale", scale]) == 2
     assert "must lie in [0, 1]" in capsys.readouterr().err and not (tmp_path / "m").exists()
+    # not numbers: argparse's usage error, exit 2
+    for bad in ("", "0.5,x"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["evaluate", str(trained_run), "--adapter-scale", bad])
+        assert stopped.value.code == 2 and "comma-separated numbers" in capsys.readouterr().err
     # several scales: all are checked before the first is scored
     assert main(["evaluate", str(trained_run), "--adapter-scale", f"0.5,{scale}", "--out", str(tmp_path / "e")]) == 2
     assert "must lie in [0, 1]" in capsys.readouterr().err and not (tmp_path / "e").exists()

@@ -63,9 +63,12 @@ def _scales(text: str) -> list[float]:
     """'0.5,0.75,1' -> [0.5, 0.75, 1.0], repeats dropped (a comma list, not nargs='+', so that
     `evaluate --adapter-scale 0.5 RUN` still reads RUN as the run)."""
     try:
-        return list(dict.fromkeys(float(part) for part in text.split(",") if part.strip()))
+        scales = list(dict.fromkeys(float(part) for part in text.split(",") if part.strip()))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, not {text!r}") from None
+        scales = []
+    if not scales:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, not {text!r}")
+    return scales
 
 
 def _scale_arg(p: argparse.ArgumentParser, several: bool = False) -> None:
