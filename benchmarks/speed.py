@@ -441,23 +441,40 @@ def lorabudget_config(path: str, data: Path, s: dict, output_dir: Path, *, valid
     })
 
 
-def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False, fast_dropout: bool = True) -> dict:
-    """lorabudget's throughput. With `timed_from_step` N, the run evaluates every N steps and the rate is read off
-    its training time so far at step N and at the end (evaluations are not training time), so the first N steps
-    (compilation) are left out as the Trainer's clock leaves them out."""
+def case_data_file(s: dict, workdir: Path) -> tuple[list[str], int, Path]:
+    """The case's rows (training rows first, then the evaluation rows) written as the csv lorabudget trains on:
+    (texts, training rows, file)."""
     import csv
 
-    from lorabudget.rundir import RunDir
-    from lorabudget.serve.api import Classifier
-    from lorabudget.train.recipe import TrainingRecipe
-
     texts, labels = load_texts(s["steps"] * s["batch_size"] + s["eval_rows"], source=data_source(s))
-    n_train = s["steps"] * s["batch_size"]
     data = workdir / "lb-data.csv"
     with open(data, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "label"])
         w.writerows(zip(texts, labels))
+    return texts, s["steps"] * s["batch_size"], data
+
+
+def eval_seconds(clf, val, s: dict) -> float:
+    """Seconds for the classifier's logits on `val` (tokenized) at the case's evaluation batch, after a warm-up
+    pass where the case asks for one."""
+    eval_batch = s.get("eval_batch_size") or 128
+    if s.get("eval_warmup"):
+        clf.logits(val, batch_size=eval_batch)
+    t = time.perf_counter()
+    clf.logits(val, batch_size=eval_batch)
+    return time.perf_counter() - t
+
+
+def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False, fast_dropout: bool = True) -> dict:
+    """lorabudget's throughput. With `timed_from_step` N, the run evaluates every N steps and the rate is read off
+    its training time so far at step N and at the end (evaluations are not training time), so the first N steps
+    (compilation) are left out as the Trainer's clock leaves them out."""
+    from lorabudget.rundir import RunDir
+    from lorabudget.serve.api import Classifier
+    from lorabudget.train.recipe import TrainingRecipe
+
+    texts, n_train, data = case_data_file(s, workdir)
     warm = s.get("timed_from_step")
     cfg = lorabudget_config(path, data, s, workdir / "lb-run", validation_rows=s["eval_rows"],
                             optim={"lr": s["lr"], "max_steps": s["steps"] * s["epochs"]},
@@ -479,12 +496,7 @@ def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False, fas
         rate = (last - warm) * s["batch_size"] / (marks[last] - marks[warm])
     clf = Classifier(run)
     val = recipe.val_data
-    eval_batch = s.get("eval_batch_size") or 128
-    if s.get("eval_warmup"):
-        clf.logits(val, batch_size=eval_batch)
-    t = time.perf_counter()
-    clf.logits(val, batch_size=eval_batch)
-    eval_s = time.perf_counter() - t
+    eval_s = eval_seconds(clf, val, s)
     return {"train_samples_per_s": rate, "eval_samples_per_s": len(val) / eval_s,
             "real_tokens_per_sample": float(recipe.train_data.lengths.mean()), "precision": summary["precision"],
             "cached_layers": summary["frozen_prefix_cached_layers"], "compiled": summary["compiled"],
@@ -496,18 +508,10 @@ def run_lorabudget_processes(s: dict, path: str, workdir: Path, n: int) -> dict:
     starts the n processes itself (each with this process's threads / n). The rate is summary.json's, over every
     step: the first steps' one-off costs, which the other methods' clocks leave out, count against it. Evaluation
     is one process (predict and evaluate do not start several), measured as run_lorabudget measures it."""
-    import csv
-
     from lorabudget import load
     from lorabudget.config import dump_config
 
-    texts, labels = load_texts(s["steps"] * s["batch_size"] + s["eval_rows"], source=data_source(s))
-    n_train = s["steps"] * s["batch_size"]
-    data = workdir / "lb-data.csv"
-    with open(data, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        w.writerows(zip(texts, labels))
+    texts, n_train, data = case_data_file(s, workdir)
     cfg = lorabudget_config(path, data, s, workdir / "lb-run-processes", validation_rows=s["eval_rows"],
                             optim={"lr": s["lr"], "max_steps": s["steps"] * s["epochs"]}, eval_every=10**9)
     cfg = cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": n})})
@@ -518,12 +522,7 @@ def run_lorabudget_processes(s: dict, path: str, workdir: Path, n: int) -> dict:
     summary = json.loads((Path(cfg.output_dir) / "summary.json").read_text())
     clf = load(cfg.output_dir)
     val = clf.tokenize(texts[n_train:])
-    eval_batch = s.get("eval_batch_size") or 128
-    if s.get("eval_warmup"):
-        clf.logits(val, batch_size=eval_batch)
-    t = time.perf_counter()
-    clf.logits(val, batch_size=eval_batch)
-    eval_s = time.perf_counter() - t
+    eval_s = eval_seconds(clf, val, s)
     return {"train_samples_per_s": summary["train_samples_per_s"], "eval_samples_per_s": len(texts[n_train:]) / eval_s,
             "real_tokens_per_sample": _mean_tokens(clf, texts[:n_train], s.get("max_length", 128)),
             "precision": summary["precision"], "num_processes": summary["num_processes"], "train_rows": n_train}
