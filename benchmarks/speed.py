@@ -510,11 +510,12 @@ def run_lorabudget_processes(s: dict, path: str, workdir: Path, n: int) -> dict:
     is one process (predict and evaluate do not start several), measured as run_lorabudget measures it."""
     from lorabudget import load
     from lorabudget.config import dump_config
+    from lorabudget.train.launch import with_processes
 
     texts, n_train, data = case_data_file(s, workdir)
     cfg = lorabudget_config(path, data, s, workdir / "lb-run-processes", validation_rows=s["eval_rows"],
                             optim={"lr": s["lr"], "max_steps": s["steps"] * s["epochs"]}, eval_every=10**9)
-    cfg = cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": n})})
+    cfg = with_processes(cfg, n)
     config_file = workdir / "lb-processes.yaml"
     config_file.write_text(dump_config(cfg))
     subprocess.run([sys.executable, "-m", "lorabudget.cli", "train", "-c", str(config_file), "--overwrite"],

@@ -137,7 +137,9 @@ def cmd_train(args) -> int:
                 return 0
             cfg = load_config(run.config)
             if cfg.speed.processes == "auto":  # recorded before runs recorded their number: they trained in one
-                cfg = cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": 1})})
+                from .train.launch import with_processes
+
+                cfg = with_processes(cfg, 1)
             resume = run.has_checkpoint()
         else:
             run.check_new(args.overwrite, main=is_main_process())  # again under the lock: a writer may have begun

@@ -101,6 +101,12 @@ def auto_processes(cfg: Config) -> tuple[int, str]:
               f"{cores} physical cores"
 
 
+def with_processes(cfg: Config, n: int) -> Config:
+    """The config with speed.processes set to the number `n` that trains it (what config.yaml records, so that
+    --resume starts as many)."""
+    return cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": n})})
+
+
 def resolve_processes(cfg: Config, say=print) -> Config:
     """The config with speed.processes a number: the processes this run trains on (what config.yaml records, so
     that --resume starts as many). Refuses a batch that does not split evenly."""
@@ -119,7 +125,7 @@ def resolve_processes(cfg: Config, say=print) -> Config:
         if torch.cuda.device_count() < n:
             raise ConfigError(f"speed.processes={n} on a GPU needs {n} GPUs, and {torch.cuda.device_count()} "
                               "are visible; set speed.processes to 1")
-    return cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": n})})
+    return with_processes(cfg, n)
 
 
 def check_processes(cfg: Config, n: int | str, world: int) -> None:

@@ -19,7 +19,7 @@ from ..version import __version__
 from .averaging import EMA_FILE, evaluated_weights
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .evaluation import LoopState, evaluation_record, record
-from .launch import batch_per_process
+from .launch import batch_per_process, with_processes
 from .selftrain import rounds_summary
 
 
@@ -61,17 +61,12 @@ def recorded_config(cfg):
     return cfg.model_copy(update={"data": data, "model": model})
 
 
-def with_processes_run(cfg, world: int):
-    """The config with speed.processes the number that trains it (in-process training through the Python API
-    or a sweep never resolves 'auto'), so that --resume starts as many."""
-    if cfg.speed.processes != "auto":
-        return cfg
-    return cfg.model_copy(update={"speed": cfg.speed.model_copy(update={"processes": world})})
-
-
 def write_run_header(recipe) -> None:
     run = recipe.run
-    atomic_write_text(run.config, dump_config(recorded_config(with_processes_run(recipe.cfg, recipe.world))))
+    cfg = recipe.cfg  # in-process training (the Python API, a sweep) never resolves 'auto': record what trains it
+    if cfg.speed.processes == "auto":
+        cfg = with_processes(cfg, recipe.world)
+    atomic_write_text(run.config, dump_config(recorded_config(cfg)))
     atomic_write_json(run.labels, recipe.labels.to_json())
     atomic_write_json(run.path / "split.json", data_facts(recipe))
     run.set_status("running")
