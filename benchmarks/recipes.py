@@ -3,6 +3,7 @@
     python benchmarks/recipes.py configs/recipes/*.yaml [--seeds 1 2 3] [--jobs 2] [--out runs/recipes]
                                  [--data ../shared/data/ag_news/train_subset.csv.gz] [--set KEY=VALUE ...]
                                  [--report docs/recipes-report] [--results benchmarks/results/NAME.json]
+                                 [--figure docs/recipes/NAME.png --control RECIPE]
 
 Each (recipe, seed) trains with `lorabudget train` into OUT/<recipe>/seed-<n>/. Rerunning the command skips the
 finished runs and resumes the killed ones, so a long study can be stopped and continued. At the end it prints the
@@ -204,6 +205,56 @@ def results_table(data: dict) -> str:
     return "\n".join(rows)
 
 
+def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
+    """A picture of the results file: left, best validation accuracy per recipe (a dot per seed, the mean and its
+    sample std), best first, with the control's mean as a line; right, each recipe's validation curve (the mean
+    over its seeds at each evaluation)."""
+    import statistics
+
+    from lorabudget.plots import plt, save_figure
+
+    by_recipe: dict[str, list[dict]] = {}
+    for r in data["runs"].values():
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    means = {name: statistics.mean(100 * r["validation"] for r in runs) for name, runs in by_recipe.items()}
+    names = sorted(by_recipe, key=lambda n: means[n])  # best at the top
+    minutes = {name: statistics.mean(r["train_seconds"] or 0 for r in runs) / 60 for name, runs in by_recipe.items()}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 2.5),
+                                      gridspec_kw={"width_ratios": [1.1, 1]})
+    for y, name in enumerate(names):
+        accs = [100 * r["validation"] for r in by_recipe[name]]
+        left.scatter(accs, [y] * len(accs), color="tab:blue", alpha=0.5, s=22, zorder=3)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        left.errorbar(means[name], y, xerr=std, fmt="D", color="black", markersize=5, capsize=3, zorder=4)
+        runs = by_recipe[name]
+        left.annotate(f"{runs[0]['trainable']:,} trainable, {len(runs)} seed{'s' * (len(runs) > 1)}, "
+                      f"{minutes[name]:.0f} min", (1.0, y), xycoords=("axes fraction", "data"),
+                      xytext=(6, -3), textcoords="offset points", fontsize=8, annotation_clip=False)
+    if control in means:
+        left.axvline(means[control], color="tab:red", lw=1, ls="--", label=f"{control} (mean)")
+        left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    left.set_yticks(range(len(names)), names, fontsize=9)
+    left.set_xlabel("best validation accuracy % (dots: seeds; diamond: mean +- std)")
+    left.grid(axis="x", alpha=0.3)
+    for name in reversed(names):
+        steps: dict[int, list[float]] = {}
+        for r in by_recipe[name]:
+            for point in r.get("curve", []):
+                steps.setdefault(point["step"], []).append(100 * point["validation"])
+        xs = sorted(steps)
+        right.plot(xs, [statistics.mean(steps[x]) for x in xs], marker="o", markersize=3,
+                   lw=2 if name == control else 1.2, ls="--" if name == control else "-", label=name)
+    right.set_xlabel("optimizer step")
+    right.set_ylabel("validation accuracy % (mean over seeds)")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    low = min(means.values())
+    right.set_ylim(max(low - 6, 0), max(means.values()) + 1)
+    fig.suptitle(f"{len(data['runs'])} runs, {len(names)} recipes", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*", type=Path, help="recipe configs (YAML); none: only print the table")
@@ -216,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="write `lorabudget report` here at the end")
     parser.add_argument("--results", type=Path, default=None, help="keep every finished run's figures in this "
                         "JSON file (e.g. benchmarks/results/round2.json) and print the table of all it holds")
+    parser.add_argument("--figure", type=Path, default=None, help="with --results: draw every run it holds here "
+                        "(PNG; e.g. docs/recipes/round2.png)")
+    parser.add_argument("--control", default=None, help="the recipe folder drawn as the line to beat in --figure "
+                        "(e.g. round2-baseline)")
     parser.add_argument("--threads", type=int, help="threads per training (default: the cores / --jobs); 1 lets "
                         "another benchmark share a 2-core machine")
     parser.add_argument("--recommended", type=Path, default=ROOT / "configs" / "recommended-minilm.yaml",
@@ -227,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     missing = [str(r) for r in args.recipes if not r.is_file()]
     if missing or not args.data.exists():
         parser.error(f"not found: {', '.join(missing) or args.data}")
+    if args.figure and not args.results:
+        parser.error("--figure draws the runs of --results: give both")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     # Seeds outermost: after the first pass every recipe has one run, so a stopped study is still comparable.
     work = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]
@@ -242,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                 record(args.results, args.out)
     print(summary_table(args.out))
     if args.results:
-        print(f"\nevery run recorded in {args.results}:\n{results_table(record(args.results, args.out))}")
+        data = record(args.results, args.out)
+        print(f"\nevery run recorded in {args.results}:\n{results_table(data)}")
+        if args.figure and data["runs"]:
+            print(f"figure: {results_figure(data, args.figure.resolve(), args.control)}")
     print(criterion(args.out, args.recommended.resolve()))
     if args.report:
         rc = subprocess.call([*LORABUDGET, "report", str(args.out), "--out", str(args.report)], cwd=ROOT)

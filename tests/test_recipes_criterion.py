@@ -33,7 +33,7 @@ def _run(out: Path, recipe: Path, folder: str, seed: int, accuracy: float, preci
     (run / "config.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
     (run / "status.json").write_text(json.dumps({"state": "finished"}))
     (run / "summary.json").write_text(json.dumps({
-        "finished": True, "best": {"accuracy": accuracy}, "total_steps": 2300, "trainable_params": 1,
+        "finished": True, "best": {"accuracy": accuracy, "step": 2300}, "total_steps": 2300, "trainable_params": 1,
         "train_seconds": 60.0, "encoder_layers": 6, "precision": precision}))
 
 
@@ -73,3 +73,18 @@ def test_runs_in_another_precision_are_another_comparison(recipes, tmp_path):
     assert "the criterion holds" in by_precision["bf16"] and "long4-published-a" in by_precision["bf16"]
     assert "long4-published-b" not in by_precision["bf16"]
     assert "the criterion does NOT hold" in by_precision["fp32"] and "long4-published-b" in by_precision["fp32"]
+
+
+def test_the_results_file_keeps_each_run_once_and_draws_them(recipes, tmp_path):
+    out, results = tmp_path / "runs", tmp_path / "round.json"
+    _study(out, [0.92, 0.93], [0.90])
+    for run in out.glob("*/seed-*"):
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "val_accuracy": 0.8}) + "\n")
+    data = recipes.record(results, out)
+    assert sorted(data["runs"]) == ["long4-published/seed-1", "recommended/seed-1", "recommended/seed-2"]
+    (out / "recommended" / "seed-1" / "summary.json").write_text("{}")  # a run already kept is not read again
+    assert recipes.record(results, out) == data
+    table = recipes.results_table(data)
+    assert table.index("| recommended | 1 | 2 | 92.50 ± 0.71") < table.index("| long4-published | 1 | 1 | 90.00")
+    picture = recipes.results_figure(data, tmp_path / "fig" / "round.png", control="long4-published")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(picture.parent.glob(".*tmp*"))
