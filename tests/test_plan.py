@@ -141,6 +141,31 @@ def test_search_finds_the_published_allocations(roberta_base):
         assert design.total(design.fits - 1) == expected
 
 
+def test_on_a_tie_the_method_the_studies_measured_best_ranks_first(roberta_base):
+    """DoRA's best row can spend exactly what a LoRA row of the same coverage spends (other ranks, the same count);
+    before the studies' term the order of the methods decided such ties and put DoRA first. Now LoRA leads every
+    tie, and only ties move: a DoRA design of wider coverage still outranks a narrower LoRA one."""
+    space = planner.SearchSpace(methods=("dora", "lora"), modules=("query", "key", "value", "attention_output"),
+                                ranks=(2, 3, 4, 6, 8), heads=("default",), biases=("none",))
+    designs = planner.enumerate_designs(roberta_base, 1_000_000, space, head_rank=32)
+
+    def tie(d):
+        best = d.fits - 1
+        return len(d.layers), d.table.subset, d.adapter_params(best), d.total(best), len(set(d.table.ranks[best]))
+
+    first: dict[tuple, str] = {}
+    ties = 0
+    for d in designs:
+        if tie(d) in first and first[tie(d)] != d.table.variant:
+            ties += 1
+            assert first[tie(d)] == "lora", tie(d)
+        first.setdefault(tie(d), d.table.variant)
+    assert ties > 0  # the case this term decides exists in this space
+    wider = next(d for d in designs if d.table.variant == "dora" and len(d.layers) == 12)
+    narrower = next(d for d in designs if d.table.variant == "lora" and len(d.layers) < 12)
+    assert designs.index(wider) < designs.index(narrower)
+
+
 # ---- property: arithmetic == built model, on random configs --------------------------------------------------
 
 TARGET_NAMES = ["query", "key", "value", "dense", "self.query", "attention.self.value", "attention.output.dense",

@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fields", action="store_true", help="list every config field with its default and help")
     p.set_defaults(func=cmd_config)
 
-    from .tools.planner.search import HEURISTIC, VARIANTS
+    from .tools.planner.ranking import HEURISTIC
+    from .tools.planner.search import VARIANTS
 
     p = sub.add_parser(
         "plan", help="exact trainable count of a config, or search the allocations that fit a budget (no weights)",

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from ...errors import ConfigError
 from ...model.families import ROLES
 from .arithmetic import VARIANTS, Counts
-from .search import HEURISTIC, SHORT, Candidate, Plan, SearchSpace, _heads_for, default_num_labels, search, verify
+from .ranking import HEURISTIC
+from .search import SHORT, Candidate, Plan, SearchSpace, _heads_for, default_num_labels, search, verify
 
 if TYPE_CHECKING:
     from ...config import Config

@@ -34,20 +34,11 @@ from .arithmetic import (
     model_shape,
     norm_params,
 )
+from .ranking import rank_key
 
 if TYPE_CHECKING:  # these pull in pydantic and torch; `lorabudget --help` imports the planner for HEURISTIC
     from ...config import Config
     from ...model.budget import Breakdown
-
-HEURISTIC = (
-    "Ranking, best first: (1) more encoder layers adapted; (2) more module types adapted per layer; (3) more "
-    "adapter parameters (LoRA + DoRA; VeRA's or (IA)^3's vectors; LayerNorms), so budget goes to adapters rather "
-    "than to a large head or to biases; (4) more of the budget used, never more than all of it; (5) fewer "
-    "distinct ranks. Rationale: LoRA on every layer and linear module at a modest rank generally beats a high rank "
-    "on a few modules (LoRA and QLoRA papers), and a head trained in full buys no adaptation of the encoder. Each "
-    "row is one design (head, bias, method, module types, layers) with its best ranks: per module type, from the "
-    "rank grid, the combination that spends the most budget."
-)
 
 BIASES = ("none", "all", "lora_only")
 DEFAULT_RANKS = (4, 8, 16, 32, 64)
@@ -264,8 +255,8 @@ class Design:
     def rank_key(self) -> tuple:
         """HEURISTIC as a sort key (smaller sorts first), for the design's best assignment."""
         best = self.fits - 1
-        return (-len(self.layers), -len(self.table.subset), -self.adapter_params(best), -self.total(best),
-                len(set(self.table.ranks[best])))
+        return rank_key(len(self.layers), len(self.table.subset), self.table.variant, self.adapter_params(best),
+                        self.total(best), len(set(self.table.ranks[best])))
 
     def candidate(self, i: int, head_rank: int) -> Candidate:
         ranks = tuple(zip(self.table.subset, self.table.ranks[i]))
