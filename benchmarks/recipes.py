@@ -233,6 +233,10 @@ def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
     if control in means:
         left.axvline(means[control], color="tab:red", lw=1, ls="--", label=f"{control} (mean)")
         left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    low, high = left.get_xlim()
+    if high - low < 1.0:  # means close together must not look far apart: at least a point across
+        middle = (low + high) / 2
+        left.set_xlim(middle - 0.5, middle + 0.5)
     left.set_yticks(range(len(names)), names, fontsize=9)
     left.set_xlabel("best validation accuracy % (dots: seeds; diamond: mean +- std)")
     left.grid(axis="x", alpha=0.3)
@@ -284,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not found: {', '.join(missing) or args.data}")
     if args.figure and not args.results:
         parser.error("--figure draws the runs of --results: give both")
+    if args.control and not args.figure:
+        parser.error("--control names the line to beat in --figure: give both")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     # Seeds outermost: after the first pass every recipe has one run, so a stopped study is still comparable.
     work = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]
@@ -302,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         data = record(args.results, args.out)
         print(f"\nevery run recorded in {args.results}:\n{results_table(data)}")
         if args.figure and data["runs"]:
+            if args.control and args.control not in {r["recipe"] for r in data["runs"].values()}:
+                print(f"error: --control {args.control}: no run of that recipe in {args.results}", file=sys.stderr)
+                return 1
             print(f"figure: {results_figure(data, args.figure.resolve(), args.control)}")
     print(criterion(args.out, args.recommended.resolve()))
     if args.report:

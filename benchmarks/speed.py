@@ -497,7 +497,7 @@ def run_lorabudget(s: dict, path: str, workdir: Path, compile: bool = False, fas
         last = max(marks)
         rate = (last - warm) * s["batch_size"] / (marks[last] - marks[warm])
     clf = Classifier(run)
-    val = recipe.val_data
+    val = clf.tokenize(texts[n_train:])  # the rows every method evaluates (lorabudget's own split holds others)
     eval_s = eval_seconds(clf, val, s)
     return {"train_samples_per_s": rate, "eval_samples_per_s": len(val) / eval_s,
             "real_tokens_per_sample": float(recipe.train_data.lengths.mean()), "precision": summary["precision"],
@@ -681,7 +681,7 @@ def main() -> int:
                     help="run the one-epoch race alone, without the throughput cases (implies full mode)")
     ap.add_argument("--timed-from-step", type=int, metavar="N",
                     help="every method times only the steps after step N (e.g. with lorabudget-compile: the "
-                    "compilation is left out of the rate)")
+                    "compilation is left out of the rate); not with lorabudget-2p")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -700,6 +700,14 @@ def main() -> int:
     unknown = [c for c in cases if c not in CASES] + [m for m in methods if m not in METHODS + EXTRA_METHODS]
     if unknown:
         ap.error(f"unknown case or method: {', '.join(unknown)}")
+    if args.timed_from_step is not None:  # checked before anything runs
+        if "lorabudget-2p" in methods:
+            ap.error("--timed-from-step: lorabudget-2p reads its rate off the run's summary, over every step; "
+                     "time it in a run of its own")
+        for case in cases:
+            s = case_settings(case, args.quick)
+            if not 0 < args.timed_from_step < s["steps"] * s["epochs"]:
+                ap.error(f"--timed-from-step must be between 1 and {case}'s {s['steps'] * s['epochs'] - 1}")
     peak = matmul_peak()
     results = {"machine": {"cpus": os.cpu_count(), "matmul_gflops": {k: v / 1e9 for k, v in peak.items()},
                            "native_bf16": cpu_has_native_bf16(), "bf16": bf16_kind("cpu")},
@@ -708,8 +716,6 @@ def main() -> int:
     for case in cases:  # before anything is timed: both sides adapt the same modules
         s = case_settings(case, args.quick)
         if args.timed_from_step is not None:
-            if not 0 < args.timed_from_step < s["steps"] * s["epochs"]:
-                ap.error(f"--timed-from-step must be between 1 and the case's {s['steps'] * s['epochs'] - 1}")
             s["timed_from_step"] = args.timed_from_step
         results["cases"][case] = {"settings": s, "title": CASE_TITLES[case],
                                   "adapters": check_same_adapters(s, settings_model_path(s, workdir)),

@@ -143,8 +143,9 @@ def test_search_finds_the_published_allocations(roberta_base):
 
 def test_on_a_tie_the_method_the_studies_measured_best_ranks_first(roberta_base):
     """DoRA's best row can spend exactly what a LoRA row of the same coverage spends (other ranks, the same count);
-    before the studies' term the order of the methods decided such ties and put DoRA first. Now LoRA leads every
-    tie, and only ties move: a DoRA design of wider coverage still outranks a narrower LoRA one."""
+    without the studies' term the order the search met them in decides such ties, and with the methods listed
+    DoRA first, DoRA wins them. With it LoRA leads every tie, and only ties move: a DoRA design of wider coverage
+    still outranks a narrower LoRA one."""
     space = planner.SearchSpace(methods=("dora", "lora"), modules=("query", "key", "value", "attention_output"),
                                 ranks=(2, 3, 4, 6, 8), heads=("default",), biases=("none",))
     designs = planner.enumerate_designs(roberta_base, 1_000_000, space, head_rank=32)

@@ -129,14 +129,12 @@ def test_auto_chooses_two_processes_for_a_small_encoder_on_a_cpu(tiny_roberta, e
     from lorabudget.model import backbone
 
     shape = backbone.load_config(str(tiny_roberta), 2)
-    monkeypatch.setattr(backbone, "load_config", lambda *a, **k: shape)
-    shape.hidden_size = 768  # roberta-base's width: measured faster on 2 processes
-    assert auto() == 2
-    shape.hidden_size = 1024  # wider: one process's matmuls keep both threads busy
-    assert auto() == 1
-    monkeypatch.undo()
-    monkeypatch.setattr(launch, "physical_cores", lambda: 2)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with monkeypatch.context() as m:
+        m.setattr(backbone, "load_config", lambda *a, **k: shape)
+        shape.hidden_size = 768  # roberta-base's width: measured faster on 2 processes
+        assert auto() == 2
+        shape.hidden_size = 1024  # wider: one process's matmuls keep both threads busy
+        assert auto() == 1
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert auto() == 1  # one thread in all: nothing to share out
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)

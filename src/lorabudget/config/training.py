@@ -147,10 +147,10 @@ class SpeedConfig(_Section):
         "rows of it (batch_size must divide by N). 'auto' (the default): 2 on a CPU with at least 2 physical "
         "cores when the encoder is small (hidden size <= 768, batch <= 64, two copies fit half the free memory), "
         "else 1; on a GPU 1. Measured on 2 cores (docs/benchmarks.md): the recommended MiniLM recipe trains 1.35x "
-        "faster as 2 processes of 1 thread than as 1 of 2 at batch 32 (roberta-base's shape 1.09x at 16), and "
-        "learns as well (the accuracy benchmark, 3 seeds). config.yaml records the number that ran, so --resume "
-        "starts as many. Under an outside launcher (torchrun, accelerate launch), 1 and 'auto' give each process "
-        "a whole batch_size, as before; N (the launcher's count) shares each batch out.",
+        "faster as 2 processes of 1 thread than as 1 of 2 at batch 32 (roberta-base's shape 1.01-1.12x), and "
+        "learns as well on MiniLM (the accuracy benchmark, 3 seeds). config.yaml records the number that ran, so "
+        "--resume starts as many. Under an outside launcher (torchrun, accelerate launch), 1 and 'auto' give each "
+        "process a whole batch_size, as before; N (the launcher's count) shares each batch out.",
     )
 
     @field_validator("processes", mode="before")

@@ -35,7 +35,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FAILURE_GRACE_S = 30.0  # after one process fails, the time the others get to end before they are killed
 
 # `auto` (the default): two 1-thread processes beat one 2-thread process for MiniLM (hidden 384) by 1.35x at batch
-# 32 and 1.16x at 64, and for roberta-base's shape (hidden 768) by 1.09x at batch 16 and 1.08x at 32, ~50 tokens
+# 32 and 1.16x at 64, and for roberta-base's shape (hidden 768) by 1.01-1.12x at batch 16-64, ~50 tokens
 # (benchmarks/processes.py, docs/benchmarks.md). The lead shrinks as the matmuls widen: wider encoders (roberta-
 # large's 1,024, unmeasured) keep one process's threads busy, so they stay at 1.
 AUTO_MAX_HIDDEN = 768

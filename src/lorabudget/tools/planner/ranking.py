@@ -16,12 +16,14 @@ HEURISTIC = (
     "ranks: per module type, from the rank grid, the combination that spends the most budget."
 )
 
-# Term (5) of HEURISTIC, learnt from the proxy studies (docs/recipes.md; MiniLM, budget 180,000): every measured
-# winner was plain LoRA, and DoRA on the planner's own DoRA row (the same count as the LoRA row beside it) scored
-# 90.4 against plain LoRA's 90.87 +- 0.42 at the same coverage and length while taking 39% longer per step. So
-# where two designs tie on coverage and count, LoRA ranks first; before this term DoRA did, by the order of the
-# methods. Methods not listed share the next place. A method moves only on a study's evidence (the round-2 study,
-# configs/recipes/round2-*.yaml, measures AdaLoRA, VeRA, (IA)^3 and LayerNorms beside LoRA).
+# Term (5) of HEURISTIC, from the proxy studies (docs/recipes.md; MiniLM, budget 180,000). Every measured winner
+# was plain LoRA; the one DoRA run, the planner's own DoRA row (five module types, 178,948 trainable), scored 90.4
+# against 90.87 +- 0.42 for plain LoRA on all six types (167,428) at the same length, with more parameters and
+# 39% more time per step. That is weak evidence (one seed, not the same allocation), so it only breaks ties:
+# where two designs have the same coverage and count, plain LoRA ranks first, whatever order the search met them
+# in (before, the enumeration order decided, so that a DoRA design with one head could precede a LoRA design with
+# another). Methods not listed share the next place. A method moves only on a study's evidence (the round-2
+# study, configs/recipes/round2-*.yaml, measures AdaLoRA, VeRA, (IA)^3 and LayerNorms beside LoRA).
 MEASURED_METHOD_ORDER = {"lora": 0}
 
 
