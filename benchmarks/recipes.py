@@ -188,13 +188,19 @@ def record(results: Path, out: Path) -> dict:
     return data
 
 
+def runs_by_recipe(data: dict) -> dict[str, list[dict]]:
+    """The results file's runs, grouped by recipe folder."""
+    by_recipe: dict[str, list[dict]] = {}
+    for r in data["runs"].values():
+        by_recipe.setdefault(r["recipe"], []).append(r)
+    return by_recipe
+
+
 def results_table(data: dict) -> str:
     """Markdown from the results file: mean ± std of best validation accuracy and train time per recipe."""
     import statistics
 
-    by_recipe: dict[str, list[dict]] = {}
-    for r in data["runs"].values():
-        by_recipe.setdefault(r["recipe"], []).append(r)
+    by_recipe = runs_by_recipe(data)
     rows = ["| recipe | trainable | seeds | validation % | train time (min) |", "| --- | ---: | ---: | ---: | ---: |"]
     for name, runs in sorted(by_recipe.items(), key=lambda kv: -statistics.mean(r["validation"] for r in kv[1])):
         accs = [100 * r["validation"] for r in runs]
@@ -213,9 +219,7 @@ def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
 
     from lorabudget.plots import plt, save_figure
 
-    by_recipe: dict[str, list[dict]] = {}
-    for r in data["runs"].values():
-        by_recipe.setdefault(r["recipe"], []).append(r)
+    by_recipe = runs_by_recipe(data)
     means = {name: statistics.mean(100 * r["validation"] for r in runs) for name, runs in by_recipe.items()}
     names = sorted(by_recipe, key=lambda n: means[n])  # best at the top
     minutes = {name: statistics.mean(r["train_seconds"] or 0 for r in runs) / 60 for name, runs in by_recipe.items()}
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         data = record(args.results, args.out)
         print(f"\nevery run recorded in {args.results}:\n{results_table(data)}")
         if args.figure and data["runs"]:
-            if args.control and args.control not in {r["recipe"] for r in data["runs"].values()}:
+            if args.control and args.control not in runs_by_recipe(data):
                 print(f"error: --control {args.control}: no run of that recipe in {args.results}", file=sys.stderr)
                 return 1
             print(f"figure: {results_figure(data, args.figure.resolve(), args.control)}")

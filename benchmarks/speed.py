@@ -526,7 +526,7 @@ def run_lorabudget_processes(s: dict, path: str, workdir: Path, n: int) -> dict:
     clf = load(cfg.output_dir)
     val = clf.tokenize(texts[n_train:])
     eval_s = eval_seconds(clf, val, s)
-    return {"train_samples_per_s": summary["train_samples_per_s"], "eval_samples_per_s": len(texts[n_train:]) / eval_s,
+    return {"train_samples_per_s": summary["train_samples_per_s"], "eval_samples_per_s": len(val) / eval_s,
             "real_tokens_per_sample": _mean_tokens(clf, texts[:n_train], s.get("max_length", 128)),
             "precision": summary["precision"], "num_processes": summary["num_processes"], "train_rows": n_train}
 
@@ -700,23 +700,21 @@ def main() -> int:
     unknown = [c for c in cases if c not in CASES] + [m for m in methods if m not in METHODS + EXTRA_METHODS]
     if unknown:
         ap.error(f"unknown case or method: {', '.join(unknown)}")
+    settings = {case: case_settings(case, args.quick) for case in cases}
     if args.timed_from_step is not None:  # checked before anything runs
         if "lorabudget-2p" in methods:
             ap.error("--timed-from-step: lorabudget-2p reads its rate off the run's summary, over every step; "
                      "time it in a run of its own")
-        for case in cases:
-            s = case_settings(case, args.quick)
+        for case, s in settings.items():
             if not 0 < args.timed_from_step < s["steps"] * s["epochs"]:
                 ap.error(f"--timed-from-step must be between 1 and {case}'s {s['steps'] * s['epochs'] - 1}")
+            s["timed_from_step"] = args.timed_from_step
     peak = matmul_peak()
     results = {"machine": {"cpus": os.cpu_count(), "matmul_gflops": {k: v / 1e9 for k, v in peak.items()},
                            "native_bf16": cpu_has_native_bf16(), "bf16": bf16_kind("cpu")},
                "data": str(SHARED) if SHARED.is_file() else "synthetic", "quick": args.quick, "cases": {}}
     workdir = Path(tempfile.mkdtemp(prefix="lorabudget-bench-"))
-    for case in cases:  # before anything is timed: both sides adapt the same modules
-        s = case_settings(case, args.quick)
-        if args.timed_from_step is not None:
-            s["timed_from_step"] = args.timed_from_step
+    for case, s in settings.items():  # before anything is timed: both sides adapt the same modules
         results["cases"][case] = {"settings": s, "title": CASE_TITLES[case],
                                   "adapters": check_same_adapters(s, settings_model_path(s, workdir)),
                                   "methods": {}}
