@@ -36,7 +36,7 @@ from .arithmetic import (
 )
 from .ranking import rank_key
 
-if TYPE_CHECKING:  # these pull in pydantic and torch; `lorabudget --help` imports the planner for HEURISTIC
+if TYPE_CHECKING:  # these pull in pydantic and torch; `lorabudget --help` imports this module for VARIANTS
     from ...config import Config
     from ...model.budget import Breakdown
 
