@@ -646,9 +646,10 @@ def run_in_subprocess(spec: dict, timeout: float = 4 * 3600) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def derive(block: dict, config, peak_flops: float | None = None) -> None:
-    """Add to each measurement of a case (settings + methods) its useful GFLOP/s (and its share of `peak_flops`),
-    and to lorabudget's the ratios of its throughput to every other method's."""
+def derive(block: dict, config, peak_flops: float | dict | None = None) -> None:
+    """Add to each measurement of a case (settings + methods) its useful GFLOP/s in training and in evaluation
+    (and their shares of `peak_flops`: one figure, or one per precision as `{"bf16": ..., "fp32": ...}`, read by
+    each measurement's own precision), and to lorabudget's the ratios of its throughput to every other method's."""
     s = block["settings"]
     adapted_from = min(s["layers"]) if s["layers"] else 0
     for r in block["methods"].values():
@@ -657,8 +658,13 @@ def derive(block: dict, config, peak_flops: float | None = None) -> None:
         seq = r["real_tokens_per_sample"]
         fwd, bwd = matmul_flops_per_token(config, config.num_hidden_layers - adapted_from, seq, s)
         r["useful_train_gflops"] = r["train_samples_per_s"] * seq * (fwd + bwd) / 1e9
-        if peak_flops:
-            r["peak_share"] = r["useful_train_gflops"] * 1e9 / peak_flops
+        # Evaluation's useful work is the encoder's forward alone: a merged model does no LoRA matmul, and an
+        # unmerged one (the Trainer's) does LoRA's as overhead, not as work the task needs.
+        r["useful_eval_gflops"] = r["eval_samples_per_s"] * seq * matmul_flops_per_token(config, 0, seq)[0] / 1e9
+        peak = peak_flops.get(r.get("precision")) if isinstance(peak_flops, dict) else peak_flops
+        if peak:
+            r["peak_share"] = r["useful_train_gflops"] * 1e9 / peak
+            r["eval_peak_share"] = r["useful_eval_gflops"] * 1e9 / peak
     for name, lb in block["methods"].items():  # lorabudget's, and its variants', against every other method
         if not name.startswith("lorabudget") or "train_samples_per_s" not in lb:
             continue
@@ -726,7 +732,7 @@ def main() -> int:
         tqdm.write(f"{case:20s} {method:16s} {json.dumps({k: v for k, v in r.items() if k != 'stderr_tail'})}")
 
     for block in results["cases"].values():
-        derive(block, AutoConfig.from_pretrained(settings_model_path(block["settings"], workdir)))
+        derive(block, AutoConfig.from_pretrained(settings_model_path(block["settings"], workdir)), peak)
 
     if not args.quick and not args.skip_time_to_accuracy and SHARED.is_file():
         results["time_to_accuracy"] = time_to_accuracy(workdir)
@@ -758,7 +764,7 @@ def print_table(results: dict) -> None:
           f"bf16 {peak['bf16']:.0f} GFLOP/s (native bf16: {results['machine']['native_bf16']}; "
           f"bf16: {results['machine']['bf16']}); data: {results['data']}")
     head = f"{'case':20s} {'method':24s} {'prec':5s} {'train/s':>8s} {'eval/s':>8s} {'peak MiB':>9s} " \
-           f"{'GFLOP/s':>8s} {'train x':>8s} {'eval x':>7s}"
+           f"{'GFLOP/s':>8s} {'eval GF/s':>9s} {'train x':>8s} {'eval x':>7s}"
     print(head)
     print("-" * len(head))
     for case, block in results["cases"].items():
@@ -772,6 +778,7 @@ def print_table(results: dict) -> None:
             ex = lb.get(f"eval_x_{m}", float("nan"))
             print(f"{case:20s} {m:24s} {r['precision']:5s} {r['train_samples_per_s']:8.1f} "
                   f"{r['eval_samples_per_s']:8.1f} {r['peak_rss_mib']:9.0f} {r.get('useful_train_gflops', 0):8.1f} "
+                  f"{r.get('useful_eval_gflops', 0):9.1f} "
                   f"{'' if ours else f'{tx:8.2f}':>8s} {'' if ours else f'{ex:7.2f}':>7s}")
     for case, block in results["cases"].items():
         a = block.get("adapters")

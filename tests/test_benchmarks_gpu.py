@@ -119,3 +119,22 @@ def test_useful_flops_count_lora(bench):
     assert qv_fwd - base_fwd == 12 * 2 * 8 * 2 * 1536
     top2 = {**qv, "layers": [10, 11]}
     assert speed.matmul_flops_per_token(Config, 2, 50.0, top2)[0] - base_fwd == 2 * 2 * 8 * 2 * 1536
+
+
+def test_evaluation_is_credited_the_encoders_forward_alone(bench):
+    """Evaluation's useful FLOP/s count the frozen encoder's forward, the same for a merged model and for the
+    Trainer's unmerged one (whose LoRA matmuls are overhead), so their shares of the peak compare."""
+    _, speed = bench
+
+    class Config:
+        hidden_size, intermediate_size, num_hidden_layers = 384, 1536, 6
+
+    s = speed.case_settings("minilm-recommended", quick=True)
+    r = {"train_samples_per_s": 10.0, "eval_samples_per_s": 100.0, "real_tokens_per_sample": 50.0}
+    block = {"settings": s, "methods": {"trainer-best": dict(r), "lorabudget": {**r, "eval_samples_per_s": 200.0}}}
+    speed.derive(block, Config, peak_flops=1e12)
+    forward = 6 * (2 * (4 * 384 * 384 + 2 * 384 * 1536) + 4 * 50 * 384)
+    trainer, ours = block["methods"]["trainer-best"], block["methods"]["lorabudget"]
+    assert trainer["useful_eval_gflops"] == pytest.approx(100 * 50 * forward / 1e9)
+    assert ours["eval_peak_share"] == pytest.approx(2 * trainer["eval_peak_share"])
+    assert ours["eval_x_trainer-best"] == pytest.approx(2.0)
