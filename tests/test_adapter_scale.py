@@ -139,3 +139,45 @@ def test_an_inference_scale_is_refused_where_the_method_has_no_lora_layers(tiny_
     cfg = tiny_config(tiny_roberta, easy_csv, tmp_path / "run", adapter={"method": "vera", "inference_scale": 0.5})
     assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 2
     assert "inference_scale" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_layernorms_trained_in_full_are_interpolated_with_the_update(tiny_roberta, easy_csv, tmp_path, capsys):
+    """adapter.train_layernorms: a scale moves the trained LayerNorms towards their pretrained values as it
+    moves the LoRA update (0 is the pretrained encoder), evaluations during training restore them after, and an
+    adapter-only export, which lacks the pretrained values, is refused at a scale below 1."""
+    from transformers import AutoModel
+
+    from lorabudget.model.adapters import scaled_update, trained_norms
+
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_roberta, easy_csv, run, adapter={"train_layernorms": True},
+                      optim={"max_steps": 6, "lr": 0.05})
+    assert main(["train", "-c", str(write_config(tmp_path / "c.yaml", cfg))]) == 0
+    pretrained = {n: p for n, p in AutoModel.from_pretrained(tiny_roberta).named_parameters() if "LayerNorm" in n
+                  and ".layer." in n}
+
+    def norms(scale):
+        model = load(run, adapter_scale=scale, precision="fp32").model
+        return {n.split("roberta.", 1)[1]: p.detach() for n, p in model.named_parameters()
+                if "LayerNorm" in n and ".layer." in n}
+
+    full, zero, half = norms(1.0), norms(0.0), norms(0.5)
+    assert pretrained.keys() == full.keys() and pretrained
+    assert any(not torch.allclose(full[n], pretrained[n]) for n in full)  # training moved them
+    assert all(torch.allclose(zero[n], pretrained[n]) for n in zero)
+    assert all(torch.allclose(half[n], (full[n] + pretrained[n]) / 2, atol=1e-6) for n in half)
+
+    from lorabudget.config import load_config
+    from lorabudget.data import LabelSpace
+    from lorabudget.serve.api import load_peft_model
+
+    labels = LabelSpace.from_json(json.loads((run / "labels.json").read_text()))
+    peft_model = load_peft_model(load_config(run / "config.yaml"), labels, run / "adapter")
+    pairs = trained_norms(peft_model)
+    before = [p.detach().clone() for _, t in pairs for p in t.parameters()]
+    with scaled_update(peft_model, 0.0):
+        assert all(torch.equal(p, p0) for o, t in pairs for p0, p in zip(o.parameters(), t.parameters()))
+    assert all(torch.equal(p, b) for p, b in zip((p for _, t in pairs for p in t.parameters()), before))
+
+    assert main(["export", str(run), "--adapter", str(tmp_path / "a"), "--adapter-scale", "0.5"]) == 2
+    assert "train_layernorms" in capsys.readouterr().err and not (tmp_path / "a").exists()

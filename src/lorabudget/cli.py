@@ -76,7 +76,8 @@ def _scale_arg(p: argparse.ArgumentParser, several: bool = False) -> None:
                    metavar="S[,S...]" if several else "S",
                    help="scale the LoRA update by S in [0, 1] before merging (WiSE-FT: 0 is the pretrained encoder, "
                    "1 the trained adapter; below 1 can hold up better on texts unlike the training data, see "
-                   "docs/shift.md); the head stays as trained. Default: the run's adapter.inference_scale"
+                   "docs/shift.md); LayerNorms trained in full move with it, the head and trained biases stay "
+                   "as trained. Default: the run's adapter.inference_scale"
                    + ("; several scales (1,0.75,0.5) score each and print a table of them, to choose one on "
                       "labelled rows of the kind you will be graded on" if several else ""))
 

@@ -167,7 +167,8 @@ class AdapterConfig(_Section):
     inference_scale: float = Field(
         1.0, ge=0.0, le=1.0, description="WiSE-FT (Wortsman et al. 2022) for LoRA-family adapters: evaluation, "
         "prediction and export use the update scaled by this factor, W + s x (alpha / r) B A, between the pretrained "
-        "encoder (0) and the trained adapter (1); the head as trained, the saved weights unscaled. Below 1 can hold "
+        "encoder (0) and the trained adapter (1), LayerNorms trained in full (train_layernorms) interpolated "
+        "alike; the head and trained biases as trained, the saved weights unscaled. Below 1 can hold "
         "up better on texts unlike the training data (docs/shift.md); --adapter-scale overrides it after training.")
     init: Literal["default", "gaussian", "pissa", "olora"] = Field(
         "default",

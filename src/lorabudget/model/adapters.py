@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 
+import torch
 from torch import nn
 
 from ..config import AdapterConfig, HeadConfig
@@ -113,10 +114,29 @@ def lora_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
+def trained_norms(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(pretrained, trained) pairs of the LayerNorms that adapter.train_layernorms trains in full: peft keeps the
+    original beside the trained copy (ModulesToSaveWrapper), so an adapter scale can interpolate them too."""
+    from peft.utils import ModulesToSaveWrapper
+
+    return [(m.original_module, m.modules_to_save[name]) for m in model.modules()
+            if isinstance(m, ModulesToSaveWrapper) and isinstance(m.original_module, nn.LayerNorm)
+            for name in m.active_adapters if name in m.modules_to_save]
+
+
+def _interpolate_norms(pairs: list[tuple[nn.Module, nn.Module]], scale: float) -> None:
+    with torch.no_grad():
+        for pretrained, trained in pairs:
+            for p0, p in zip(pretrained.parameters(), trained.parameters()):
+                p.copy_(p0 + scale * (p - p0))
+
+
 def scale_update(peft_model, scale: float) -> int:
     """Scale every LoRA-family layer's update by `scale` (0 <= scale <= 1): W + scale x (alpha / r) B A, the
     interpolation of WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022) between the
-    pretrained encoder (0) and the trained one (1); the head stays as trained. Returns the layers scaled."""
+    pretrained encoder (0) and the trained one (1). LayerNorms trained in full (adapter.train_layernorms) are
+    interpolated alike, so that 0 is the pretrained encoder; the head stays as trained, and so do biases that
+    adapter.bias trains (peft keeps no pretrained copy of them). Returns the LoRA layers scaled."""
     check_adapter_scale(scale)
     if scale == 1.0:
         return 0
@@ -125,22 +145,30 @@ def scale_update(peft_model, scale: float) -> int:
         raise ModelError(f"{NOT_LORA}; this run's adapter has no LoRA layer")
     for layer in layers:
         layer.scale_layer(scale)  # peft's own: multiplies the layer's scaling, which merging then uses
+    _interpolate_norms(trained_norms(peft_model), scale)
     return len(layers)
 
 
 @contextlib.contextmanager
 def scaled_update(model: nn.Module, scale: float):
     """The LoRA-family layers of a training model scaled by `scale` inside the block (adapter.inference_scale,
-    for evaluations during training), their own scaling restored after."""
+    for evaluations during training), and its fully trained LayerNorms interpolated alike; all restored after."""
     layers = lora_layers(model) if scale != 1.0 else []
+    norms = trained_norms(model) if scale != 1.0 else []
     saved = [dict(layer.scaling) for layer in layers]
+    saved_norms = [[p.detach().clone() for p in trained.parameters()] for _, trained in norms]
     for layer in layers:
         layer.scale_layer(scale)
+    _interpolate_norms(norms, scale)
     try:
         yield
     finally:
         for layer, scaling in zip(layers, saved):
             layer.scaling.update(scaling)
+        with torch.no_grad():
+            for (_, trained), values in zip(norms, saved_norms):
+                for p, v in zip(trained.parameters(), values):
+                    p.copy_(v)
 
 
 def check_adapter_scale(scale: float) -> None:

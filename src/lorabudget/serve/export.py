@@ -32,9 +32,17 @@ def export_adapter(run_dir: str, out: str, *, adapter_scale: float | None = None
     else the run's adapter.inference_scale), its LoRA B matrices scaled (the update B A scales with them: WiSE-FT,
     as model.adapters.scale_update), so that plain peft loads what lorabudget predicts with."""
     run = open_finished(run_dir)
+    adapter_cfg = load_config(run.config).adapter
     if adapter_scale is None:
-        adapter_scale = load_config(run.config).adapter.inference_scale
+        adapter_scale = adapter_cfg.inference_scale
     check_adapter_scale(adapter_scale)
+    if adapter_scale != 1.0 and adapter_cfg.train_layernorms:
+        # a scale interpolates the LayerNorms trained in full towards their pretrained values, which the adapter
+        # file does not hold (only the trained copies): the merged export has both
+        raise RunDirError(f"this run trains LayerNorms in full (adapter.train_layernorms), and an adapter scaled "
+                          f"by {adapter_scale:g} would need their pretrained values beside it; export the merged "
+                          f"model instead (--merged DIR --adapter-scale {adapter_scale:g}), or the adapter "
+                          f"unscaled (--adapter-scale 1)")
     target = Path(out)
     tmp = target.with_name(target.name + ".tmp")
     remove_quietly(tmp)
