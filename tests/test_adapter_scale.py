@@ -181,3 +181,25 @@ def test_layernorms_trained_in_full_are_interpolated_with_the_update(tiny_robert
 
     assert main(["export", str(run), "--adapter", str(tmp_path / "a"), "--adapter-scale", "0.5"]) == 2
     assert "train_layernorms" in capsys.readouterr().err and not (tmp_path / "a").exists()
+
+
+def test_the_wise_benchmark_scores_each_runs_own_split_and_keeps_other_entries(trained_run, easy_csv, tmp_path):
+    """benchmarks/wise.py: `held_out` re-derives each run's validation rows (at scale 1 they score what the run
+    recorded), several runs go in one call, and --json keeps the entries already in the file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "wise.py"
+    spec = importlib.util.spec_from_file_location("wise_benchmark", path)
+    wise = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wise)
+    results = tmp_path / "wise.json"
+    results.write_text(json.dumps({"note": "kept", "runs": {"earlier": {"1.0": {"val": 0.5}}}}))
+    assert wise.main([str(trained_run), str(trained_run), "--data", "val=held_out", "--data",
+                      f"other={easy_csv}", "--scales", "1", "0.5", "--json", str(results)]) == 0
+    kept = json.loads(results.read_text())
+    assert kept["note"] == "kept" and kept["runs"]["earlier"] == {"1.0": {"val": 0.5}}
+    scores = kept["runs"][str(trained_run)]
+    assert set(scores) == {"1.0", "0.5"} and set(scores["1.0"]) == {"val", "other"}
+    best = json.loads((trained_run / "summary.json").read_text())["best"]["accuracy"]
+    assert scores["1.0"]["val"] == pytest.approx(best, abs=1e-9)

@@ -13,7 +13,7 @@ from ..rundir import atomic_write_json, open_finished, read_json
 from .api import Classifier, still_running_note
 
 
-def _evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
+def evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
     """The examples to score and a name for them. By default, the run's own validation rows: the same split,
     re-derived from the data, checked against the hash the run recorded, so training rows are never scored."""
     facts = read_json(clf.run.path / "split.json", "the run's record of its data is lost: pass --data")
@@ -47,7 +47,7 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
     # checked before the model loads: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
     clf = Classifier(run, adapter_scale=adapter_scale)
-    examples, name = _evaluation_rows(clf, source, data_cfg)
+    examples, name = evaluation_rows(clf, source, data_cfg)
     data = clf.tokenize(examples.texts, examples.labels, progress=progress)
     preds = clf.logits(data, batch_size=clf.config.eval.batch_size, progress=progress, desc="evaluate").argmax(axis=1)
     scores = classification_scores(examples.labels, preds, clf.class_names)
