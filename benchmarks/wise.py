@@ -6,11 +6,11 @@
 WiSE-FT (Wortsman et al., "Robust fine-tuning of zero-shot models", CVPR 2022) averages the fine-tuned weights
 with the pretrained ones and reports large gains under distribution shift at little cost in distribution. For a
 LoRA adapter that average is the update scaled: W + s x (alpha / r) B A, s in [0, 1] (s scales the product once;
-scaling A and B both would give s^2), LayerNorms trained in full interpolated alike. The head is kept as trained. Nothing trains and nothing is added: each scale
-is the run loaded with `lorabudget.load(RUN, adapter_scale=S)` (its LoRA layers scaled, then merged), and scored
-on every `--data` set (labelled; the first is the in-distribution yardstick; `NAME=held_out` is each run's own
-validation split, so runs with different splits can be scored in one call). A table of accuracy per scale and set
-is printed for each run and, with --json, kept.
+scaling A and B both would give s^2), LayerNorms trained in full interpolated alike. The head is kept as
+trained. Nothing trains and nothing is added: each scale is the run loaded with `lorabudget.load(RUN,
+adapter_scale=S)` (its LoRA layers scaled, then merged), and scored on every `--data` set (labelled; the first is
+the in-distribution yardstick; `NAME=held_out` is each run's own validation split, so runs with different splits
+can be scored in one call). A table of accuracy per scale and set is printed for each run and, with --json, kept.
 
 On the course's target the labelled generated rows peak after one epoch while in-distribution accuracy keeps
 rising (docs/shift.md): if a smaller update keeps what the early model had, s < 1 shows it here in minutes.
