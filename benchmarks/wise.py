@@ -58,15 +58,55 @@ def score_run(run: str, sets: dict[str, str], scales: list[float]) -> dict[str, 
     return results
 
 
+def tradeoff_figure(runs: dict[str, dict], sets: tuple[str, str], path: Path, goal: float | None = None) -> Path:
+    """The in-distribution / shifted trade-off of scaling: one line per recipe (the runs of a folder's parent, e.g.
+    runs/round2/<recipe>/seed-N, averaged over the seeds that have every scale the line draws), a point per scale
+    from the full update to the smallest, x the first set's accuracy, y the second's; `goal`: a line at that
+    accuracy on the second set."""
+    import statistics
+
+    from lorabudget.plots import plt, save_figure
+
+    by_recipe: dict[str, list[dict]] = {}
+    for run, scales in runs.items():
+        if all(name in v for v in scales.values() for name in sets):
+            by_recipe.setdefault(Path(run).parent.name or run, []).append(scales)
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for recipe, seeds in sorted(by_recipe.items()):
+        shared = sorted(set.intersection(*(set(s) for s in seeds)), key=float, reverse=True)
+        xs = [statistics.mean(100 * s[k][sets[0]] for s in seeds) for k in shared]
+        ys = [statistics.mean(100 * s[k][sets[1]] for s in seeds) for k in shared]
+        line, = ax.plot(xs, ys, marker="o", label=f"{recipe} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
+        for k, x, y in zip(shared, xs, ys):
+            ax.annotate(f"{float(k):g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                        color=line.get_color())
+    if goal is not None:
+        ax.axhline(goal, color="tab:red", linestyle="--", linewidth=1, label=f"goal on {sets[1]}: {goal:g}%")
+    ax.set_xlabel(f"accuracy on {sets[0]} (%)")
+    ax.set_ylabel(f"accuracy on {sets[1]} (%)")
+    ax.set_title("scaling the update back: each point a scale, mean over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", metavar="RUN")
+    ap.add_argument("runs", nargs="*", metavar="RUN", help="runs to score (none: only draw --figure from --json)")
     ap.add_argument("--data", action="append", required=True, metavar="NAME=FILE",
                     help=f"a labelled set to score; FILE {HELD_OUT!r}: each run's own validation split")
     ap.add_argument("--scales", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--json", type=Path, help="keep the figures here, under 'runs' by run folder; an existing "
                     "file keeps its other runs (a run scored again replaces its entry)")
+    ap.add_argument("--figure", type=Path, help="draw the trade-off of the runs scored here (no RUN: of the runs "
+                    "--json holds under --figure-prefix): the first --data set across, the second up")
+    ap.add_argument("--figure-prefix", default="", help="with --figure and no RUN: the runs whose folder starts so")
+    ap.add_argument("--goal", type=float, help="with --figure: a line at this accuracy (%%) on the second set")
     args = ap.parse_args(argv)
+    if args.figure and len(args.data) < 2:
+        ap.error("--figure draws the first --data set against the second: give two")
+    if not args.runs and not (args.figure and args.json and args.json.is_file()):
+        ap.error("give runs to score, or --figure with an existing --json to draw from")
     sets = dict(item.split("=", 1) for item in args.data)
     kept = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     kept.setdefault("runs", {})
@@ -79,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp = args.json.with_name(args.json.name + ".tmp")
             tmp.write_text(json.dumps(kept, indent=2) + "\n")
             tmp.replace(args.json)
+    if args.figure:
+        drawn = {run: kept["runs"][run] for run in args.runs} if args.runs else {
+            run: scales for run, scales in kept["runs"].items() if run.startswith(args.figure_prefix)}
+        print(f"figure: {tradeoff_figure(drawn, tuple(sets)[:2], args.figure, args.goal)}")
     return 0
 
 

@@ -203,3 +203,10 @@ def test_the_wise_benchmark_scores_each_runs_own_split_and_keeps_other_entries(t
     assert set(scores) == {"1.0", "0.5"} and set(scores["1.0"]) == {"val", "other"}
     best = json.loads((trained_run / "summary.json").read_text())["best"]["accuracy"]
     assert scores["1.0"]["val"] == pytest.approx(best, abs=1e-9)
+    # the trade-off picture, drawn from the file alone: the runs under a prefix, the earlier entry left out
+    picture = tmp_path / "tradeoff.png"
+    assert wise.main(["--data", "val=held_out", "--data", "other=x", "--json", str(results), "--figure",
+                      str(picture), "--figure-prefix", str(trained_run.parent), "--goal", "90"]) == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit):  # nothing to score and nothing to draw from
+        wise.main(["--data", "val=held_out", "--data", "other=x"])
