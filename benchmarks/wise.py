@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--figure draws the first --data set against the second: give two")
     if not args.runs and not (args.figure and args.json and args.json.is_file()):
         ap.error("give runs to score, or --figure with an existing --json to draw from")
+    from lorabudget.rundir import atomic_write_json
+
     sets = dict(item.split("=", 1) for item in args.data)
     kept = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
     kept.setdefault("runs", {})
@@ -115,10 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {run}", flush=True)
         kept["runs"][run] = score_run(run, sets, args.scales)
         if args.json:  # after each run: a stopped call keeps what it scored
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_name(args.json.name + ".tmp")
-            tmp.write_text(json.dumps(kept, indent=2) + "\n")
-            tmp.replace(args.json)
+            atomic_write_json(args.json, kept)
     if args.figure:
         drawn = {run: kept["runs"][run] for run in args.runs} if args.runs else {
             run: scales for run, scales in kept["runs"].items() if run.startswith(args.figure_prefix)}

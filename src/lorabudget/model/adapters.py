@@ -153,8 +153,10 @@ def scale_update(peft_model, scale: float) -> int:
 def scaled_update(model: nn.Module, scale: float):
     """The LoRA-family layers of a training model scaled by `scale` inside the block (adapter.inference_scale,
     for evaluations during training), and its fully trained LayerNorms interpolated alike; all restored after."""
-    layers = lora_layers(model) if scale != 1.0 else []
-    norms = trained_norms(model) if scale != 1.0 else []
+    if scale == 1.0:
+        yield
+        return
+    layers, norms = lora_layers(model), trained_norms(model)
     saved = [dict(layer.scaling) for layer in layers]
     saved_norms = [[p.detach().clone() for p in trained.parameters()] for _, trained in norms]
     for layer in layers:
