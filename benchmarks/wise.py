@@ -29,15 +29,18 @@ import numpy as np
 HELD_OUT = "held_out"  # as in data.validation_source: the run's own validation split
 
 
-def score_run(run: str, sets: dict[str, str], scales: list[float]) -> dict[str, dict]:
+def score_run(run: str, sets: dict[str, str], scales: list[float], match: dict | None = None) -> dict[str, dict]:
     """Accuracy on each labelled set (`held_out`: the run's own validation rows, re-derived and checked against
-    the hash it recorded) at each scale: {scale: {set: accuracy}}."""
+    the hash it recorded) at each scale: {scale: {set: accuracy}}. With `match` ({shares, rows, target}), also
+    each set's accuracy with class shares matched as `predict --match-shares` does (serve.shares), fitted on
+    the target's texts at that scale, under '<set>+shares'."""
     from lorabudget import load
     from lorabudget.config import DataConfig
-    from lorabudget.data import evaluation_examples
+    from lorabudget.data import evaluation_examples, load_source
     from lorabudget.serve.evaluate import evaluation_rows
+    from lorabudget.serve.shares import fit_share_match, parse_shares
 
-    results, tokenized = {}, None
+    results, tokenized, target, detector = {}, None, None, None
     for scale in scales:
         started = time.perf_counter()
         clf = load(run, adapter_scale=scale)  # the update scaled, then merged, as `predict` does
@@ -47,11 +50,21 @@ def score_run(run: str, sets: dict[str, str], scales: list[float]) -> dict[str, 
             for name, source in sets.items():
                 rows = (evaluation_rows(clf, None, clf.config.data)[0] if source == HELD_OUT
                         else evaluation_examples(cfg, source, clf.labels))
-                tokenized[name] = (clf.tokenize(rows.texts, rows.labels), np.asarray(rows.labels))
-        scores = {}
-        for name, (data, labels) in tokenized.items():
-            predicted = clf.logits(data, batch_size=clf.config.eval.batch_size).argmax(axis=1)
-            scores[name] = float((predicted == labels).mean()) if len(labels) else None
+                tokenized[name] = (clf.tokenize(rows.texts, rows.labels), np.asarray(rows.labels), rows.texts)
+            if match:
+                dataset = load_source(cfg, match["target"], labels=clf.labels, require_labels=False)
+                target = dataset.splits["test" if "test" in dataset.splits else "train"].texts
+        scores, share_match = {}, None
+        if match:
+            share_match = fit_share_match(clf, target, parse_shares(match["shares"], clf.class_names),
+                                          match["rows"], detector=detector)
+            detector = share_match.detector
+        for name, (data, labels, texts) in tokenized.items():
+            logits = clf.logits(data, batch_size=clf.config.eval.batch_size)
+            scores[name] = float((logits.argmax(axis=1) == labels).mean()) if len(labels) else None
+            if share_match is not None:
+                matched = share_match.apply(logits, texts).argmax(axis=1)
+                scores[f"{name}+shares"] = float((matched == labels).mean()) if len(labels) else None
         results[str(scale)] = scores
         cells = "  ".join(f"{name} {100 * v:6.2f}" for name, v in scores.items())
         print(f"scale {scale:5.2f}  {cells}  ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -67,19 +80,26 @@ def tradeoff_figure(runs: dict[str, dict], sets: tuple[str, str], path: Path, go
 
     from lorabudget.plots import plt, save_figure
 
-    by_recipe: dict[str, list[dict]] = {}
-    for run, scales in runs.items():
-        if all(name in v for v in scales.values() for name in sets):
-            by_recipe.setdefault(Path(run).parent.name or run, []).append(scales)
     fig, ax = plt.subplots(figsize=(10, 6))
-    for recipe, seeds in sorted(by_recipe.items()):
-        shared = sorted(set.intersection(*(set(s) for s in seeds)), key=float, reverse=True)
-        xs = [statistics.mean(100 * s[k][sets[0]] for s in seeds) for k in shared]
-        ys = [statistics.mean(100 * s[k][sets[1]] for s in seeds) for k in shared]
-        line, = ax.plot(xs, ys, marker="o", label=f"{recipe} ({len(seeds)} seed{'s' * (len(seeds) > 1)})")
-        for k, x, y in zip(shared, xs, ys):
-            ax.annotate(f"{float(k):g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                        color=line.get_color())
+    colours: dict[str, str] = {}
+    # each recipe as scored, then (dashed) with class shares matched where its runs were scored so too
+    for variant, style in (("", "-"), ("+shares", "--")):
+        names = tuple(f"{name}{variant}" for name in sets)
+        by_recipe: dict[str, list[dict]] = {}
+        for run, scales in runs.items():
+            if all(name in v for v in scales.values() for name in names):
+                by_recipe.setdefault(Path(run).parent.name or run, []).append(scales)
+        for recipe, seeds in sorted(by_recipe.items()):
+            shared = sorted(set.intersection(*(set(s) for s in seeds)), key=float, reverse=True)
+            xs = [statistics.mean(100 * s[k][names[0]] for s in seeds) for k in shared]
+            ys = [statistics.mean(100 * s[k][names[1]] for s in seeds) for k in shared]
+            seeds_said = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
+            label = f"{recipe}{' + class shares matched' if variant else ''} ({seeds_said})"
+            line, = ax.plot(xs, ys, style, marker="o", label=label, color=colours.get(recipe))
+            colours.setdefault(recipe, line.get_color())
+            for k, x, y in zip(shared, xs, ys):
+                ax.annotate(f"{float(k):g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                            color=line.get_color())
     if goal is not None:
         ax.axhline(goal, color="tab:red", linestyle="--", linewidth=1, label=f"goal on {sets[1]}: {goal:g}%")
     ax.set_xlabel(f"accuracy on {sets[0]} (%)")
@@ -102,9 +122,15 @@ def main(argv: list[str] | None = None) -> int:
                     "--json holds under --figure-prefix): the first --data set across, the second up")
     ap.add_argument("--figure-prefix", default="", help="with --figure and no RUN: the runs whose folder starts so")
     ap.add_argument("--goal", type=float, help="with --figure: a line at this accuracy (%%) on the second set")
+    ap.add_argument("--match-shares", metavar="SHARES", help="also score every set with these class shares matched "
+                    "('uniform' or one per class), fitted on --match-on's texts, as predict --match-shares does")
+    ap.add_argument("--match-on", metavar="FILE", help="with --match-shares: the target (unlabelled is enough)")
+    ap.add_argument("--match-rows", choices=["shifted", "all"], default="shifted")
     args = ap.parse_args(argv)
     if args.figure and len(args.data) < 2:
         ap.error("--figure draws the first --data set against the second: give two")
+    if bool(args.match_shares) != bool(args.match_on):
+        ap.error("--match-shares and --match-on go together: the shares, and the target they are matched on")
     if not args.runs and not (args.figure and args.json and args.json.is_file()):
         ap.error("give runs to score, or --figure with an existing --json to draw from")
     from lorabudget.rundir import atomic_write_json
@@ -115,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         if len(args.runs) > 1:
             print(f"== {run}", flush=True)
-        kept["runs"][run] = score_run(run, sets, args.scales)
+        match = args.match_shares and {"shares": args.match_shares, "rows": args.match_rows, "target": args.match_on}
+        kept["runs"][run] = score_run(run, sets, args.scales, match)
         if args.json:  # after each run: a stopped call keeps what it scored
             atomic_write_json(args.json, kept)
     if args.figure:

@@ -10,6 +10,7 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
+from .cli_read import add_match_args
 from .errors import LorabudgetError
 
 PLAN_DESCRIPTION = " ".join("""
@@ -247,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default RUN/eval/<data>, -scale<S> appended for a scale; with "
                    "several scales, a folder scale<S> inside it for each)")
     _scale_arg(p, several=True)
+    add_match_args(p, evaluate=True)
     _read_args(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "shares, estimated from its texts by EM (Saerens et al. 2002): for a target whose classes are not "
                    "balanced as in training")
     _scale_arg(p)
+    add_match_args(p)
     _read_args(p)
     p.set_defaults(func=cmd_predict)
 

@@ -8,6 +8,23 @@ from pathlib import Path
 from .errors import LorabudgetError
 
 
+def add_match_args(p, evaluate: bool = False) -> None:
+    """--match-shares and its companions, for predict and (with the target to fit on) evaluate."""
+    p.add_argument("--match-shares", metavar="SHARES", default=None,
+                   help="the class shares of the texts you will be graded on: 'uniform' (a balanced test set) or one "
+                   "share per class (0.3,0.2,0.2,0.3); per-class offsets fitted on the target so that the model's "
+                   "class balance there matches, undoing a shift that tilts predictions towards one class "
+                   "(docs/shift.md). Default: the run's data.target_shares; 'none': off")
+    p.add_argument("--match-rows", choices=["shifted", "all"], default=None,
+                   help="match the shares on the target rows that read unlike the training data (shifted: a word "
+                   "classifier, train against target, decides) or on all of them. Default: the run's "
+                   "data.target_share_rows (shifted)")
+    if evaluate:
+        p.add_argument("--match-on", metavar="SOURCE", default=None,
+                       help="the target to fit --match-shares on (its texts; labels not needed), whose rows "
+                       "--data belongs to. Default: the run's data.target_source")
+
+
 def _data_overrides(args) -> dict:
     """`--set data.key=value` for verbs that read a new source with a finished run's config."""
     from .config import parse_override
@@ -21,6 +38,14 @@ def _data_overrides(args) -> dict:
     if getattr(args, "allow_pickle", False):
         overrides["allow_pickle"] = True
     return overrides
+
+
+def matched_shares(m: dict) -> str:
+    """What --match-shares did, in a line: on which rows, to which shares, by which offsets."""
+    where = (f"{m['fitted_rows']:,} of {m['target_rows']:,} rows unlike the training data" if m["rows"] == "shifted"
+             else f"all {m['target_rows']:,} rows")
+    shares = ", ".join(f"{n} {s:.0%} ({o:+.2f})" for n, s, o in zip(m["classes"], m["shares"], m["offsets"]))
+    return f"class shares matched on {where}: {shares} (share, logit offset)"
 
 
 def class_counts(result: dict) -> str:
@@ -40,12 +65,16 @@ def cmd_evaluate(args) -> int:
     table = []
     for scale in scales:
         out_dir = args.out and (str(Path(args.out) / f"scale{scale:g}") if len(scales) > 1 else args.out)
-        scores, out = evaluate(args.run, args.data, out_dir, _data_overrides(args), adapter_scale=scale)
+        scores, out = evaluate(args.run, args.data, out_dir, _data_overrides(args), adapter_scale=scale,
+                               match_shares=args.match_shares, match_rows=args.match_rows, match_on=args.match_on)
         if scores["note"] and scale == scales[0]:
             print(scores["note"])
         used = scores.get("adapter_scale", 1.0)
         scaled = f", LoRA update scaled by {used:g}" if used != 1.0 else ""
         print(f"evaluated {args.run} on {scores['data']}{scaled}")
+        if "shares" in scores:
+            m = scores["shares"]
+            print(f"shares    {matched_shares(m)}; applied to {m['scored_rows_matched']:,} scored rows")
         print(format_report(scores))
         print(f"wrote     {out}/metrics.json and confusion_matrix.png")
         table.append((used, scores["accuracy"], scores["macro_f1"], scores.get("checkpoint_step")))
@@ -64,7 +93,8 @@ def cmd_predict(args) -> int:
 
     result = predict_file(args.run, args.data, args.out, label_format=args.label_format, proba=args.proba,
                           data_overrides=_data_overrides(args), adapt=args.adapt_priors,
-                          adapter_scale=args.adapter_scale)
+                          adapter_scale=args.adapter_scale, match_shares=args.match_shares,
+                          match_rows=args.match_rows)
     if result["note"]:
         print(result["note"])
     where = f"the test split of {args.data}" if result["split"] == "test" else args.data
@@ -73,6 +103,8 @@ def cmd_predict(args) -> int:
         p = result["priors"]
         shares = ", ".join(f"{n} {e:.1%} (train {t:.1%})" for n, e, t in zip(p["classes"], p["estimated"], p["train"]))
         print(f"priors    the target's class shares, estimated by EM and applied: {shares}")
+    if "shares" in result:
+        print(f"shares    {matched_shares(result['shares'])}")
     if "accuracy" in result:
         print(f"accuracy  {result['accuracy']:.4f} (the source has labels)")
     print(f"wrote     {result['out']}")

@@ -92,6 +92,16 @@ class DataConfig(_Section):
     target_source: str | None = Field(
         None, description="The unlabelled texts the run will be graded on (any supported source; labels ignored), "
         "for self-training (selftrain.*): used within the budget, never as labels of their own.")
+    target_shares: Literal["uniform"] | list[float] | None = Field(
+        None, description="The class shares of the texts you will be graded on, when you know them ('uniform' for a "
+        "balanced test set, or one share per class). predict and evaluate then add per-class offsets to the "
+        "logits, fitted on the target's rows so that the model's mean probability of each class there equals "
+        "these shares: a shift that tilts every prediction towards one class is undone (docs/shift.md). Fitted on "
+        "the rows being predicted, or on data.target_source / --match-on when evaluating. None: off.")
+    target_share_rows: Literal["shifted", "all"] = Field(
+        "shifted", description="Where data.target_shares is matched: 'shifted', only the target rows that a word "
+        "classifier finds unlike the training data (above 99% of training rows' scores), which leaves texts like "
+        "the training data as the model reads them; 'all', every row.")
     normalize: Literal["none", "news"] = Field(
         "none",
         description="Clean texts the same way in training, evaluation, prediction and lorabudget.load: 'news' undoes "

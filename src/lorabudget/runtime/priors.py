@@ -49,3 +49,29 @@ def _within(q: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
             break
         q[free] += excess * q[free] / q[free].sum()
     return q / q.sum()
+
+
+def match_shares(logits: np.ndarray, shares: np.ndarray, *, max_iter: int = 2000, tol: float = 1e-6) -> np.ndarray:
+    """Per-class offsets to add to `logits` so that the rows' mean predicted probability of each class equals
+    `shares`: the model's class balance on these rows set to what the user knows it to be.
+
+    Unlike EM above, the shares are given, not estimated, and the correction is fitted on the rows themselves:
+    a shift that tilts the model towards one class on every row (on the course's generated texts, towards
+    Sci/Tech) is undone, which re-weighting by a ratio of priors cannot do. Each step moves every class's offset
+    by the log of (wanted share / current mean probability): a fixed point of that step meets the shares, and it
+    is reached in a few dozen steps from zero (Sinkhorn's scaling of one side of the table)."""
+    z = np.asarray(logits, dtype=np.float64)
+    wanted = np.asarray(shares, dtype=np.float64)
+    wanted = wanted / wanted.sum()
+    offsets = np.zeros(z.shape[1])
+    if not len(z):
+        return offsets
+    for _ in range(max_iter):
+        a = z + offsets
+        p = np.exp(a - a.max(axis=1, keepdims=True))
+        mean = (p / p.sum(axis=1, keepdims=True)).mean(axis=0)
+        step = np.log(wanted / np.maximum(mean, 1e-12))
+        offsets += step
+        if np.abs(step).max() < tol:
+            break
+    return offsets - offsets.mean()  # only differences between classes matter

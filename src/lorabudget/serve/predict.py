@@ -15,6 +15,7 @@ from ..errors import LorabudgetError
 from ..rundir import atomic_write_text, open_finished, read_json
 from ..runtime.priors import adapt_priors
 from .api import Classifier, still_running_note
+from .shares import fit_share_match, parse_shares
 
 LABEL_FORMATS = ("id", "name", "source")
 
@@ -30,20 +31,34 @@ def train_priors(run) -> np.ndarray:
 
 def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id", proba: bool = False,
                  data_overrides: dict | None = None, progress: bool = True, adapt: bool = False,
-                 adapter_scale: float | None = None) -> dict:
+                 adapter_scale: float | None = None, match_shares=None, match_rows: str | None = None) -> dict:
     """Write `ID,Label` rows (and class probabilities with `proba`) for every row of `source`. With `adapt`, the
-    probabilities are re-weighted by the target's class shares, estimated by EM (serve.priors)."""
+    probabilities are re-weighted by the target's class shares, estimated by EM (serve.priors). With
+    `match_shares` (default: the run's data.target_shares; 'none': off), the class shares on the rows being
+    predicted (those unlike training, or all: `match_rows`, default data.target_share_rows) are matched to the
+    given ones (serve.shares)."""
     if label_format not in LABEL_FORMATS:
         raise LorabudgetError(f"--label-format must be one of {', '.join(LABEL_FORMATS)}, not {label_format!r}")
     run = open_finished(run_dir, allow_running=True)
     # checked before the model loads, as a config file is: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
+    wanted = data_cfg.target_shares if match_shares is None else match_shares
+    if adapt and wanted is not None and str(wanted).lower() != "none":
+        raise LorabudgetError("--adapt-priors estimates the target's class shares and --match-shares (or the run's "
+                              "data.target_shares) states them: use one (--match-shares none turns the run's off)")
     clf = Classifier(run, adapter_scale=adapter_scale)
+    shares = parse_shares(wanted, clf.class_names)
     dataset = load_source(data_cfg, source, labels=clf.labels, require_labels=False)
     split = "test" if "test" in dataset.splits else "train"
     examples = dataset.splits[split]
     logits = clf.logits(clf.tokenize(examples.texts, progress=progress), batch_size=clf.config.eval.batch_size,
                         progress=progress)
+    matched = None
+    if shares is not None:
+        match = fit_share_match(clf, examples.texts, shares, match_rows or data_cfg.target_share_rows,
+                                target_logits=logits)
+        logits = match.apply(logits, examples.texts)
+        matched = match.summary(clf.class_names)
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
     priors = None
     if adapt:
@@ -69,6 +84,8 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
               "counts": {names[k]: int(v) for k, v in zip(*np.unique(preds, return_counts=True))}}
     if priors is not None:
         result["priors"] = priors
+    if matched is not None:
+        result["shares"] = matched
     if examples.labels is not None:
         result["accuracy"] = float((preds == np.asarray(examples.labels)).mean())
     return result

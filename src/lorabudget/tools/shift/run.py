@@ -118,9 +118,12 @@ def verdict(s: dict) -> str:
     else:
         return "no shift found: the target reads like the training data"
     artefact_gap = max(abs(s["artefacts"]["train"][a] - s["artefacts"]["target"][a]) for a in s["artefacts"]["train"])
-    # Ordered by what measured best on the course's target (docs/shift.md): the update scaled back first (the one
-    # lever that lifted the shifted rows on every seed measured), then selection on target-like rows.
-    hints = ["scale the update back (evaluate RUN --data DEV --adapter-scale 1,0.75,0.6,0.5 on labelled "
+    # Ordered by what measured best on the course's target (docs/shift.md): class shares matched on the shifted
+    # rows and the update scaled back (each lifted the shifted rows on every seed measured, and they add up), then
+    # selection on target-like rows.
+    hints = ["if you know the target's class shares (a balanced test set), match them on its shifted rows "
+             "(predict --match-shares uniform, or data.target_shares)",
+             "scale the update back (evaluate RUN --data DEV --adapter-scale 1,0.75,0.6,0.5 on labelled "
              "target-like rows, then adapter.inference_scale or --adapter-scale)",
              "select checkpoints on labelled target-like rows (data.validation_source)",
              "train on the target's texts too (data.target_source, selftrain.rounds)"]
