@@ -143,3 +143,15 @@ def test_a_target_like_the_training_data_has_nothing_to_match(trained_run, tmp_p
 def test_evaluate_needs_the_target_to_match_on(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--match-shares", "uniform"]) == 2
     assert "--match-on" in capsys.readouterr().err
+
+
+def test_a_runs_own_shares_apply_where_its_target_is_known(trained_run, shifted_target, tmp_path, capsys):
+    """data.target_shares (here set with --set, as a preset would carry it): predict matches on the rows it is
+    given; evaluate without a target scores as trained and says why, rather than failing."""
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(trained_run), "--out", str(out), "--set", "data.target_shares=uniform"]) == 0
+    assert "scored without; pass --match-on FILE" in capsys.readouterr().out
+    assert "shares" not in json.loads((out / "metrics.json").read_text())
+    assert main(["predict", str(trained_run), "--data", str(shifted_target), "--out", str(tmp_path / "p.csv"),
+                 "--set", "data.target_shares=uniform"]) == 0
+    assert "class shares matched on" in capsys.readouterr().out
