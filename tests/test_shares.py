@@ -155,3 +155,13 @@ def test_a_runs_own_shares_apply_where_its_target_is_known(trained_run, shifted_
     assert main(["predict", str(trained_run), "--data", str(shifted_target), "--out", str(tmp_path / "p.csv"),
                  "--set", "data.target_shares=uniform"]) == 0
     assert "class shares matched on" in capsys.readouterr().out
+
+
+def test_a_runs_own_shares_on_a_target_like_training_predict_without_and_say_why(trained_run, tmp_path, capsys):
+    alike = write_csv(tmp_path / "alike.csv", make_texts(300, seed=54))
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(trained_run), "--data", str(alike), "--out", str(out),
+                 "--set", "data.target_shares=uniform"]) == 0
+    printed = capsys.readouterr().out
+    assert "class shares not matched (the run's data.target_shares)" in printed and "too few" in printed
+    assert len(out.read_text().splitlines()) == 301

@@ -11,7 +11,7 @@ import torch
 
 from ..config import load_config, override_section
 from ..data import load_source
-from ..errors import LorabudgetError
+from ..errors import DataError, LorabudgetError
 from ..rundir import atomic_write_text, open_finished, read_json
 from ..runtime.priors import adapt_priors
 from .api import Classifier, still_running_note
@@ -53,12 +53,19 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     examples = dataset.splits[split]
     logits = clf.logits(clf.tokenize(examples.texts, progress=progress), batch_size=clf.config.eval.batch_size,
                         progress=progress)
-    matched = None
+    matched = skipped = None
     if shares is not None:
-        match = fit_share_match(clf, examples.texts, shares, match_rows or data_cfg.target_share_rows,
-                                target_logits=logits)
-        logits = match.apply(logits, examples.texts)
-        matched = match.summary(clf.class_names)
+        try:
+            match = fit_share_match(clf, examples.texts, shares, match_rows or data_cfg.target_share_rows,
+                                    target_logits=logits)
+        except DataError as err:
+            if match_shares is not None:  # asked for on the command line: say why it cannot be done
+                raise
+            # the run's own data.target_shares (a preset's default) on rows that do not call for it
+            match, skipped = None, f"class shares not matched (the run's data.target_shares): {err}"
+        if match is not None:
+            logits = match.apply(logits, examples.texts)
+            matched = match.summary(clf.class_names)
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
     priors = None
     if adapt:
@@ -80,7 +87,8 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
             row += [f"{x:.6f}" for x in probs[i]]
         w.writerow(row)
     atomic_write_text(Path(out), buf.getvalue())
-    result = {"rows": len(examples), "split": split, "out": str(out), "note": still_running_note(clf),
+    note = "\n".join(n for n in (still_running_note(clf), skipped) if n) or None
+    result = {"rows": len(examples), "split": split, "out": str(out), "note": note,
               "counts": {names[k]: int(v) for k, v in zip(*np.unique(preds, return_counts=True))}}
     if priors is not None:
         result["priors"] = priors
