@@ -127,6 +127,11 @@ def load(run_dir: str | Path, *, device: str | None = None, precision: str | Non
                       adapter_scale=adapter_scale)
 
 
+def joined_notes(*notes: str | None) -> str | None:
+    """The notes a verb prints before its result, one per line; None when there is none."""
+    return "\n".join(n for n in notes if n) or None
+
+
 def still_running_note(clf: Classifier) -> str | None:
     """What a reader prints when it scored a run that is still being written, or None for a finished run."""
     if clf.checkpoint is None:

@@ -12,8 +12,8 @@ from ..errors import DataError, LorabudgetError
 from ..metrics import classification_scores, format_report
 from ..plots import plot_confusion_matrix
 from ..rundir import atomic_write_json, open_finished, read_json
-from .api import Classifier, still_running_note
-from .shares import fit_share_match, parse_shares
+from .api import Classifier, joined_notes, still_running_note
+from .shares import fit_share_match, parse_shares, wants_shares
 
 
 def evaluation_rows(clf: Classifier, source: str | None, data_cfg: DataConfig):
@@ -55,7 +55,7 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
     target = match_on or data_cfg.target_source
     wanted, skipped = data_cfg.target_shares if match_shares is None else match_shares, None
-    if wanted is not None and str(wanted).lower() != "none" and not target:
+    if wants_shares(wanted) and not target:
         if match_shares is not None:
             raise LorabudgetError("class shares are matched on the texts you will be graded on: pass --match-on "
                                   "FILE (unlabelled is enough) or set data.target_source")
@@ -90,7 +90,7 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
     plot_confusion_matrix(scores["confusion_matrix"], clf.class_names, out / "confusion_matrix.png",
                           title=f"Confusion matrix ({name}, accuracy {scores['accuracy']:.4f})")
     # what `lorabudget evaluate` prints of a run still being written (the file keeps checkpoint_step)
-    note = "\n".join(n for n in (still_running_note(clf), skipped) if n) or None
+    note = joined_notes(still_running_note(clf), skipped)
     return {**scores, "note": note}, out
 
 

@@ -14,8 +14,8 @@ from ..data import load_source
 from ..errors import DataError, LorabudgetError
 from ..rundir import atomic_write_text, open_finished, read_json
 from ..runtime.priors import adapt_priors
-from .api import Classifier, still_running_note
-from .shares import fit_share_match, parse_shares
+from .api import Classifier, joined_notes, still_running_note
+from .shares import fit_share_match, parse_shares, wants_shares
 
 LABEL_FORMATS = ("id", "name", "source")
 
@@ -43,7 +43,7 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
     # checked before the model loads, as a config file is: a mistyped --set fails at once
     data_cfg = override_section(load_config(run.config).data, data_overrides or {}, "data", "--set")
     wanted = data_cfg.target_shares if match_shares is None else match_shares
-    if adapt and wanted is not None and str(wanted).lower() != "none":
+    if adapt and wants_shares(wanted):
         raise LorabudgetError("--adapt-priors estimates the target's class shares and --match-shares (or the run's "
                               "data.target_shares) states them: use one (--match-shares none turns the run's off)")
     clf = Classifier(run, adapter_scale=adapter_scale)
@@ -87,7 +87,7 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
             row += [f"{x:.6f}" for x in probs[i]]
         w.writerow(row)
     atomic_write_text(Path(out), buf.getvalue())
-    note = "\n".join(n for n in (still_running_note(clf), skipped) if n) or None
+    note = joined_notes(still_running_note(clf), skipped)
     result = {"rows": len(examples), "split": split, "out": str(out), "note": note,
               "counts": {names[k]: int(v) for k, v in zip(*np.unique(preds, return_counts=True))}}
     if priors is not None:

@@ -32,10 +32,15 @@ UNLIKE_PERCENTILE = 99.0  # as tools.shift.domain: a row above 99% of training r
 TRAIN_SAMPLE = 3000  # training rows the domain classifier reads: enough for words, quick to fit
 
 
+def wants_shares(value) -> bool:
+    """Whether a --match-shares / data.target_shares value asks for matching at all (before the classes are known)."""
+    return value is not None and not (isinstance(value, str) and value.strip().lower() == "none")
+
+
 def parse_shares(value, class_names: Sequence[str]) -> np.ndarray | None:
     """None or 'none': no matching; 'uniform': every class alike; a list or 'a,b,c,d': one share per class, in the
     run's class order (normalised to sum to 1)."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+    if not wants_shares(value):
         return None
     k = len(class_names)
     if isinstance(value, str) and value.strip().lower() == "uniform":
