@@ -165,3 +165,32 @@ def test_a_runs_own_shares_on_a_target_like_training_predict_without_and_say_why
     printed = capsys.readouterr().out
     assert "class shares not matched (the run's data.target_shares)" in printed and "too few" in printed
     assert len(out.read_text().splitlines()) == 301
+
+
+def test_the_wise_benchmark_scores_each_scale_with_and_without_shares_from_one_detector(
+        trained_run, shifted_target, tmp_path, monkeypatch):
+    """benchmarks/wise.py --match-shares: every set scored as trained and with the shares matched, at every scale;
+    the word classifier, which reads only texts, fitted once per run."""
+    import importlib.util
+    from pathlib import Path
+
+    from lorabudget.serve import shares
+
+    fitted = []
+    original = shares.ShiftedRows.__init__
+    monkeypatch.setattr(shares.ShiftedRows, "__init__", lambda self, *a, **k: (fitted.append(1),
+                                                                                original(self, *a, **k))[1])
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "wise.py"
+    spec = importlib.util.spec_from_file_location("wise_benchmark", path)
+    wise = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wise)
+    results = tmp_path / "wise.json"
+    assert wise.main([str(trained_run), "--data", "val=held_out", "--data", f"target={shifted_target}",
+                      "--scales", "1", "0.5", "--match-shares", "uniform", "--match-on", str(shifted_target),
+                      "--json", str(results)]) == 0
+    scored = json.loads(results.read_text())["runs"][str(trained_run)]
+    assert set(scored) == {"1.0", "0.5"} and len(fitted) == 1
+    for scale in scored.values():
+        assert set(scale) == {"val", "val+shares", "target", "target+shares"}
+    # matching moved some rewritten rows' predictions at one scale or the other
+    assert any(s["target+shares"] != s["target"] for s in scored.values())

@@ -121,8 +121,10 @@ def fit_share_match(clf, target_texts: Sequence[str], shares: np.ndarray, rows: 
     if rows not in SHARE_ROWS:
         raise LorabudgetError(f"the rows to match shares on must be one of {', '.join(SHARE_ROWS)}, not {rows!r}")
     texts = normalize_texts(list(target_texts), clf.config.data.normalize)
-    detector, chosen = None, np.ones(len(texts), dtype=bool)
-    if rows == "shifted" and detector is None:
+    chosen = np.ones(len(texts), dtype=bool)
+    if rows == "all":
+        detector = None
+    elif detector is None:
         from ..data.split import load_training_data
 
         try:
@@ -133,7 +135,7 @@ def fit_share_match(clf, target_texts: Sequence[str], shares: np.ndarray, rows: 
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(len(training), size=min(TRAIN_SAMPLE, len(training)), replace=False))
         detector = ShiftedRows(normalize_texts([training[i] for i in pick], clf.config.data.normalize), texts)
-    if rows == "shifted":
+    if detector is not None:
         chosen = detector.flags(texts)
     if chosen.sum() < MIN_ROWS:
         raise DataError(f"only {int(chosen.sum())} of the target's {len(texts):,} rows read unlike the training "
