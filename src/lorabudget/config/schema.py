@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 
 from ..model.adalora import DEFAULTS as ADALORA
 from ..model.families import FAMILIES, ROLES
@@ -92,12 +92,12 @@ class DataConfig(_Section):
     target_source: str | None = Field(
         None, description="The unlabelled texts the run will be graded on (any supported source; labels ignored), "
         "for self-training (selftrain.*): used within the budget, never as labels of their own.")
-    target_shares: Literal["uniform"] | list[float] | None = Field(
+    target_shares: Literal["uniform", "none"] | list[PositiveFloat] | None = Field(
         None, description="The class shares of the texts you will be graded on, when you know them ('uniform' for a "
         "balanced test set, or one share per class). predict and evaluate then add per-class offsets to the "
         "logits, fitted on the target's rows so that the model's mean probability of each class there equals "
         "these shares: a shift that tilts every prediction towards one class is undone (docs/shift.md). Fitted on "
-        "the rows being predicted, or on data.target_source / --match-on when evaluating. None: off.")
+        "the rows being predicted, or on data.target_source / --match-on when evaluating. None or 'none': off.")
     target_share_rows: Literal["shifted", "all"] = Field(
         "shifted", description="Where data.target_shares is matched: 'shifted', only the target rows that a word "
         "classifier finds unlike the training data (above 99% of training rows' scores), which leaves texts like "

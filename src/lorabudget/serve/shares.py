@@ -2,10 +2,10 @@
 
 On a shifted target a fine-tuned classifier does not only err more: it errs one way. On the course's generated
 texts every MiniLM run tilts towards Sci/Tech (modern entities read as technology to a 2004 news model): most of
-its errors on the labelled generated rows are that one tilt (60 of 72 for one run, docs/shift.md). When the user knows the
-target's class shares (a competition's test set is balanced), the tilt can be undone without a label: per-class
-offsets on the logits, fitted so that the model's mean probability of each class on the target's rows equals
-those shares (runtime.priors.match_shares).
+its errors on the labelled generated rows are that one tilt (60 of 72 for one run, docs/shift.md). When the user
+knows the target's class shares (a competition's test set is balanced), the tilt can be undone without a label:
+per-class offsets on the logits, fitted so that the model's mean probability of each class on the target's rows
+equals those shares (runtime.priors.match_shares).
 
 Fitted on every target row, the offsets also move the rows that read like training, which the model already
 gets right: on the course's target that cost 1.3 points in-distribution. So by default they are fitted on, and
