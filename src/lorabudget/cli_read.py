@@ -12,9 +12,10 @@ def add_match_args(p, evaluate: bool = False) -> None:
     """--match-shares and its companions, for predict and (with the target to fit on) evaluate."""
     p.add_argument("--match-shares", metavar="SHARES", default=None,
                    help="the class shares of the texts you will be graded on: 'uniform' (a balanced test set) or one "
-                   "share per class in the run's class order, as evaluate lists them (0.3,0.2,0.2,0.3); per-class offsets fitted on the target so that the model's "
-                   "class balance there matches, undoing a shift that tilts predictions towards one class "
-                   "(docs/shift.md). Default: the run's data.target_shares; 'none': off")
+                   "share per class in the run's class order, as evaluate lists them (0.3,0.2,0.2,0.3); per-class "
+                   "offsets fitted on the target so that the model's class balance there matches, undoing a shift "
+                   "that tilts predictions towards one class (docs/shift.md). Default: the run's "
+                   "data.target_shares; 'none': off")
     p.add_argument("--match-rows", choices=["shifted", "all"], default=None,
                    help="match the shares on the target rows that read unlike the training data (shifted: a word "
                    "classifier, train against target, decides) or on all of them. Default: the run's "
