@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..config import DataConfig, load_config, override_section
 from ..data import evaluation_examples, load_source, split_train_validation, validation_hash
 from ..errors import DataError, LorabudgetError
@@ -73,7 +71,7 @@ def evaluate(run_dir: str, source: str | None = None, out_dir: str | None = None
         match = fit_share_match(clf, target_texts, shares, match_rows or data_cfg.target_share_rows,
                                 progress=progress)
         flags = match.applies_to(examples.texts)
-        logits = logits + np.where(flags[:, None], match.offsets, 0.0)
+        logits = match.offset(logits, flags)
         matched = {**match.summary(clf.class_names), "scored_rows_matched": int(flags.sum())}
     scores = classification_scores(examples.labels, logits.argmax(axis=1), clf.class_names)
     scores["data"] = name

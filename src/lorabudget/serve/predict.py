@@ -64,7 +64,7 @@ def predict_file(run_dir: str, source: str, out: str, *, label_format: str = "id
             # the run's own data.target_shares (a preset's default) on rows that do not call for it
             match, skipped = None, f"class shares not matched (the run's data.target_shares): {err}"
         if match is not None:
-            logits = match.apply(logits, examples.texts)
+            logits = match.offset(logits, match.target_flags)  # the rows predicted are the target
             matched = match.summary(clf.class_names)
     probs = torch.softmax(torch.from_numpy(logits).double(), dim=-1).numpy()
     priors = None

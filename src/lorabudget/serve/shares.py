@@ -93,6 +93,7 @@ class ShareMatch:
     rows: str  # "shifted" or "all"
     fitted_rows: int
     target_rows: int
+    target_flags: np.ndarray  # which target rows the offsets were fitted on (and apply to)
     normalize: str = "none"  # the run's data.normalize: the detector reads texts as the model does
     detector: ShiftedRows | None = None
 
@@ -104,7 +105,11 @@ class ShareMatch:
 
     def apply(self, logits: np.ndarray, texts: Sequence[str]) -> np.ndarray:
         """The logits with the offsets added on the rows they are for."""
-        return logits + np.where(self.applies_to(texts)[:, None], self.offsets, 0.0)
+        return self.offset(logits, self.applies_to(texts))
+
+    def offset(self, logits: np.ndarray, flags: np.ndarray) -> np.ndarray:
+        """The logits with the offsets added on the flagged rows (flags from applies_to, or target_flags)."""
+        return logits + np.where(flags[:, None], self.offsets, 0.0)
 
     def summary(self, class_names: Sequence[str]) -> dict:
         return {"classes": list(class_names), "shares": self.shares.tolist(), "offsets": self.offsets.tolist(),
@@ -148,4 +153,5 @@ def fit_share_match(clf, target_texts: Sequence[str], shares: np.ndarray, rows: 
                                    progress=progress, desc="target")
     offsets = match_shares(target_logits[chosen], shares)
     return ShareMatch(shares=shares, offsets=offsets, rows=rows, fitted_rows=int(chosen.sum()),
-                      target_rows=len(texts), normalize=clf.config.data.normalize, detector=detector)
+                      target_rows=len(texts), target_flags=chosen, normalize=clf.config.data.normalize,
+                      detector=detector)
