@@ -41,6 +41,8 @@ def score_run(run: str, sets: dict[str, str], scales: list[float], match: dict |
     from lorabudget.serve.shares import fit_share_match, parse_shares
 
     results, tokenized, target, detector = {}, None, None, None
+    flags: dict[str, np.ndarray] = {}  # which rows of each set the offsets are for: the detector reads texts only,
+    # so one answer serves every scale
     for scale in scales:
         started = time.perf_counter()
         clf = load(run, adapter_scale=scale)  # the update scaled, then merged, as `predict` does
@@ -63,7 +65,9 @@ def score_run(run: str, sets: dict[str, str], scales: list[float], match: dict |
             logits = clf.logits(data, batch_size=clf.config.eval.batch_size)
             scores[name] = float((logits.argmax(axis=1) == labels).mean()) if len(labels) else None
             if share_match is not None:
-                matched = share_match.apply(logits, texts).argmax(axis=1)
+                if name not in flags:
+                    flags[name] = share_match.applies_to(texts)
+                matched = share_match.offset(logits, flags[name]).argmax(axis=1)
                 scores[f"{name}+shares"] = float((matched == labels).mean()) if len(labels) else None
         results[str(scale)] = scores
         cells = "  ".join(f"{name} {100 * v:6.2f}" for name, v in scores.items())

@@ -43,7 +43,10 @@ def test_shift_finds_the_rewritten_half_and_ranks_it_first(trained_run, targets,
     summary = json.loads((out / "shift.json").read_text())
     assert summary["domain"]["auc"] >= 0.7, summary["domain"]
     assert 0.35 <= summary["domain"]["unlike_share"] <= 0.6, summary["domain"]
+    # the word classifier finds the rewritten half too: their words are ones train never uses
+    assert summary["domain_words"]["auc"] >= 0.7 and 0.35 <= summary["domain_words"]["unlike_share"] <= 0.6
     assert summary["verdict"].startswith("shifted") and "verdict   shifted" in printed
+    assert "one on words (TF-IDF)" in printed
     # words: the made-up words never occur in train; validation's words all do
     assert summary["vocabulary"]["target"]["unseen"] > 0.2 > summary["vocabulary"]["validation"]["unseen"]
     assert summary["artefacts"]["target"]["curly quotes"] == pytest.approx(0.5)
@@ -54,6 +57,9 @@ def test_shift_finds_the_rewritten_half_and_ranks_it_first(trained_run, targets,
     assert len(ranked) == 240
     top = ranked[:120]
     assert sum(int(r["ID"]) % 2 == 0 for r in top) / len(top) >= 0.9
+    # the rows the words flag are rewritten ones, as predict --match-shares would correct them
+    flagged = [int(r["ID"]) for r in ranked if r["unlike_train_words"] == "1"]
+    assert len(flagged) >= 80 and sum(i % 2 == 0 for i in flagged) / len(flagged) >= 0.95
     assert (out / "shift.png").stat().st_size > 10_000
 
 
@@ -62,6 +68,8 @@ def test_shift_finds_nothing_on_a_target_drawn_like_the_training_data(trained_ru
     assert main(["shift", str(trained_run), "--target", str(targets["alike"]), "--out", str(out)]) == 0
     summary = json.loads((out / "shift.json").read_text())
     assert summary["domain"]["auc"] < 0.65 and summary["domain"]["unlike_share"] <= 0.08, summary["domain"]
+    words = summary["domain_words"]
+    assert words["auc"] < 0.65 and words["unlike_share"] <= 0.08, words
     assert summary["verdict"].startswith("no shift")
     assert summary["vocabulary"]["target"]["unseen"] == 0
 
@@ -76,6 +84,7 @@ def test_the_report_shows_the_diagnosis_of_a_run(trained_run, targets, tmp_path)
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "report.md").read_text()
     assert "## Shift of the target" in page and "| run | shifted.csv |" in page
+    assert "words: AUC, unlike" in page
     assert "figures/shift-run-shifted.png" in page
     assert (tmp_path / "report" / "figures" / "shift-run-shifted.png").is_file()
 

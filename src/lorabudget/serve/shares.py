@@ -28,7 +28,7 @@ from ..runtime.priors import match_shares
 
 SHARE_ROWS = ("shifted", "all")
 MIN_ROWS = 100  # fewer rows than this say too little about a class balance to correct it
-UNLIKE_PERCENTILE = 99.0  # as tools.shift.domain: a row above 99% of training rows' scores is unlike training
+UNLIKE_PERCENTILE = 99.0  # a row scoring above 99% of training rows is unlike training (1% by chance)
 TRAIN_SAMPLE = 3000  # training rows the domain classifier reads: enough for words, quick to fit
 
 
@@ -58,8 +58,22 @@ def parse_shares(value, class_names: Sequence[str]) -> np.ndarray | None:
     return shares / shares.sum()
 
 
+def separation(train_scores: np.ndarray, target_scores: np.ndarray, folds: int) -> dict:
+    """How well a train-versus-target classifier's out-of-fold scores tell the two apart: AUC, the threshold (99% of
+    training rows score below it) and the share of target rows above it. Both domain classifiers report this
+    (`lorabudget shift`), and the threshold is the one that picks the rows whose class shares are matched."""
+    from sklearn.metrics import roc_auc_score
+
+    threshold = float(np.percentile(train_scores, UNLIKE_PERCENTILE))
+    y = np.r_[np.zeros(len(train_scores)), np.ones(len(target_scores))]
+    return {"auc": float(roc_auc_score(y, np.r_[train_scores, target_scores])), "folds": folds,
+            "threshold": threshold, "unlike_share": float(np.mean(target_scores > threshold)),
+            "train_scores": train_scores, "target_scores": target_scores}
+
+
 class ShiftedRows:
-    """A train-versus-target classifier on words: which rows of any text read unlike the training data."""
+    """A train-versus-target classifier on words: which rows of any text read unlike the training data.
+    `separation` says how well it tells them apart, from out-of-fold scores."""
 
     def __init__(self, train_texts: Sequence[str], target_texts: Sequence[str], *, folds: int = 5, seed: int = 0):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -74,8 +88,9 @@ class ShiftedRows:
         folds = max(2, min(folds, len(train_texts), len(target_texts)))
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
         # the threshold from out-of-fold scores: a training row's in-sample score would be too low
-        train_scores = cross_val_predict(self.probe, texts, y, cv=cv, method="predict_proba")[: len(train_texts), 1]
-        self.threshold = float(np.percentile(train_scores, UNLIKE_PERCENTILE))
+        scores = cross_val_predict(self.probe, texts, y, cv=cv, method="predict_proba")[:, 1]
+        self.separation = separation(scores[: len(train_texts)], scores[len(train_texts):], folds)
+        self.threshold = self.separation["threshold"]
         self.probe.fit(texts, y)
 
     def flags(self, texts: Sequence[str]) -> np.ndarray:

@@ -69,7 +69,8 @@ def pseudo_label(recipe, k: int) -> dict:
     with scaled_update(model, recipe.cfg.adapter.inference_scale):
         rows, logits = predict_logits(model, TokenBatches(recipe.target_data, recipe.pad_id),
                                       batch_size=recipe.cfg.eval.batch_size, device=recipe.device,
-                                      dtype=recipe.dtype, forward=recipe.forward)
+                                      dtype=recipe.dtype, forward=recipe.forward, progress=recipe.progress,
+                                      desc=f"pseudo-label round {k}")
     probs = torch.softmax(torch.from_numpy(ordered(rows, logits, len(recipe.target_data))).double(), -1).numpy()
     estimate = None
     if s.adapt_priors:

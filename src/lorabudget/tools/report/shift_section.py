@@ -41,7 +41,9 @@ def shift_section(runs: list[Run], figures: Path) -> list:
         except (OSError, ValueError):
             continue  # a damaged diagnosis is left out; the run itself is reported
         d, m, v = s["domain"], s["model"], s["vocabulary"]["target"]
+        words = s.get("domain_words")  # diagnoses before the word classifier have none
         rows.append([run.name, Path(s["target"]).name, f"{d['auc']:.2f}", f"{d['unlike_share']:.0%}",
+                     f"{words['auc']:.2f}, {words['unlike_share']:.0%}" if words else "-",
                      f"{v['unseen']:.1%}", f"{m['validation']['mean_confidence']:.2f}",
                      f"{m['target']['mean_confidence']:.2f}", s["verdict"].split(";")[0]])
         if (path.parent / "shift.png").is_file():  # copied beside the report's own figures: the page is portable
@@ -53,8 +55,9 @@ def shift_section(runs: list[Run], figures: Path) -> list:
         return []
     return [Heading("Shift of the target"),
             Text("From `lorabudget shift RUN --target FILE`: a domain classifier on the frozen encoder's features "
-                 "(AUC, and the share of target rows scoring above 99% of training rows), the share of target "
-                 "words never seen in train, and the model's mean confidence on validation and on the target."),
-            Table(["run", "target", "AUC", "unlike train", "unseen words", "confidence (val)",
-                   "confidence (target)", "verdict"], rows, numeric=(2, 3, 4, 5, 6)),
+                 "(AUC, and the share of target rows scoring above 99% of training rows), the same for one on "
+                 "words, the share of target words never seen in train, and the model's mean confidence on "
+                 "validation and on the target."),
+            Table(["run", "target", "AUC", "unlike train", "words: AUC, unlike", "unseen words",
+                   "confidence (val)", "confidence (target)", "verdict"], rows, numeric=(2, 3, 4, 5, 6, 7)),
             *pictures]

@@ -16,8 +16,7 @@ import torch
 from ...runtime.batching import TokenBatches, eval_batches
 from ...runtime.precision import autocast
 from ...runtime.tokens import tokenize
-
-UNLIKE_PERCENTILE = 99.0
+from ...serve.shares import separation
 
 
 @torch.inference_mode()
@@ -43,7 +42,6 @@ def domain_classifier(train: np.ndarray, target: np.ndarray, *, folds: int = 5, 
     """Cross-validated AUC of train-vs-target, the out-of-fold target scores, and the share of target rows
     scoring above the 99th percentile of the training rows' scores."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -54,8 +52,4 @@ def domain_classifier(train: np.ndarray, target: np.ndarray, *, folds: int = 5, 
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
     scores = cross_val_predict(probe, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                                method="predict_proba")[:, 1]
-    train_scores, target_scores = scores[: len(train)], scores[len(train):]
-    threshold = float(np.percentile(train_scores, UNLIKE_PERCENTILE))
-    return {"auc": float(roc_auc_score(y, scores)), "folds": folds, "threshold": threshold,
-            "unlike_share": float(np.mean(target_scores > threshold)),
-            "train_scores": train_scores, "target_scores": target_scores}
+    return separation(scores[: len(train)], scores[len(train):], folds)

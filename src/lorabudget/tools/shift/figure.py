@@ -1,4 +1,5 @@
-"""The shift in one picture: six panels, training data (or validation) against the target."""
+"""The shift in one picture: six panels (the domain classifiers share one), training data (or validation)
+against the target."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def _bars(ax, labels: list[str], left: list[float], right: list[float], names: t
     ax.legend(fontsize=8, loc="lower right")
 
 
-def plot_shift(s: dict, domain: dict, confidences: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
+def plot_shift(s: dict, domains: dict[str, dict], confidences: tuple[np.ndarray, np.ndarray], path: Path) -> Path:
+    """`domains`: each domain classifier's separation (serve.shares.separation) by what it reads; they share the
+    lower left panel, one above the other."""
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     L, A, V, M = s["lengths"], s["artefacts"], s["vocabulary"], s["model"]
 
@@ -52,16 +55,21 @@ def plot_shift(s: dict, domain: dict, confidences: tuple[np.ndarray, np.ndarray]
     ax.set_title("Vocabulary", fontsize=10)
     ax.legend(fontsize=8)
 
-    ax = axes[1, 0]
+    cell = axes[1, 0].get_subplotspec().subgridspec(len(domains), 1, hspace=0.9)
+    axes[1, 0].remove()
     bins = np.linspace(0, 1, 41)
-    ax.hist(domain["train_scores"], bins=bins, color=TRAIN, alpha=0.6, label="train rows")
-    ax.hist(domain["target_scores"], bins=bins, color=TARGET, alpha=0.6, label="target rows")
-    ax.axvline(domain["threshold"], color="black", lw=1, ls="--", label="99% of train below")
-    ax.set_xlabel("domain classifier's score (out of fold): how target-like")
-    ax.set_ylabel("rows")
-    ax.set_title(f"Domain classifier: AUC {domain['auc']:.2f}, {domain['unlike_share']:.0%} of target unlike train",
-                 fontsize=10)
-    ax.legend(fontsize=8)
+    for k, (reads, domain) in enumerate(domains.items()):
+        ax = fig.add_subplot(cell[k])
+        ax.hist(domain["train_scores"], bins=bins, color=TRAIN, alpha=0.6, label="train rows")
+        ax.hist(domain["target_scores"], bins=bins, color=TARGET, alpha=0.6, label="target rows")
+        ax.axvline(domain["threshold"], color="black", lw=1, ls="--", label="99% of train below")
+        ax.set_ylabel("rows", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"Domain classifier on {reads}: AUC {domain['auc']:.2f}, {domain['unlike_share']:.0%} of "
+                     "target unlike train", fontsize=9)
+        if k == 0:
+            ax.legend(fontsize=7)
+    ax.set_xlabel("domain classifier's score (out of fold): how target-like", fontsize=8)
 
     ax = axes[1, 1]
     bins = np.linspace(min(0.25, float(min(c.min() for c in confidences))), 1, 31)
