@@ -164,7 +164,7 @@ def describe(s: dict) -> list[str]:
         f"domain    a classifier on the frozen encoder's features tells target from train with AUC {D['auc']:.2f} "
         f"({D['folds']}-fold); {D['unlike_share']:.0%} of target rows score above 99% of training rows",
         f"          one on words (TF-IDF): AUC {W['auc']:.2f}, {W['unlike_share']:.0%} of target rows above 99% of "
-        "training rows (the rows predict --match-shares corrects)",
+        "training rows (as predict --match-shares picks the rows it corrects)",
         f"model     mean confidence {M['validation']['mean_confidence']:.2f} on validation, "
         f"{M['target']['mean_confidence']:.2f} on the target; predicted classes target/validation: {shares}",
         f"verdict   {s['verdict']}",
