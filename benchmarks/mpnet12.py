@@ -86,7 +86,8 @@ def record(results: Path, out: Path, names: list[str]) -> dict:
                 "precision": s.get("precision"), "threads": s.get("threads"), "cpu_avx512_bf16": bf16,
                 "curve": curve}
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    from lorabudget.rundir import atomic_write_text  # a reader beside it never sees half a file
+    atomic_write_text(results, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
 
 

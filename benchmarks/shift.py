@@ -136,7 +136,8 @@ def record(results: Path, out: Path, names: list[str], dev: Path) -> dict:
                 "train_seconds": summary.get("train_seconds"), "threads": summary.get("threads"),
                 "cpu_avx512_bf16": bf16}
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    from lorabudget.rundir import atomic_write_text  # a reader beside it never sees half a file
+    atomic_write_text(results, json.dumps(data, indent=1, sort_keys=True) + "\n")
     return data
 
 
