@@ -112,3 +112,42 @@ def test_pseudo_labels_come_from_the_model_as_shipped(tiny_roberta, easy_csv, tm
     assert record["indices"] == list(range(120))
     assert (np.asarray(record["labels"])[clear] == scaled_logits.argmax(1)[clear]).all()
     assert (scaled_logits.argmax(1) != full.logits(full.tokenize(texts)).argmax(1)).any()  # the scale matters
+
+
+def test_the_shift_benchmark_continues_a_finished_run_into_its_self_training_round(trained_run, tmp_path):
+    """benchmarks/shift.py --continue-from today: the self-training recipe starts from today's finished run of the
+    same seed (same config and seed: the same supervised phase), copied with the round switched on, and resumes
+    into the round instead of training the supervised phase again; the finished run is left as it was."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "shift.py"
+    spec = importlib.util.spec_from_file_location("shift_benchmark", path)
+    shift = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shift)
+    out = tmp_path / "bench"
+    base = out / "today" / "seed-1"
+    shutil.copytree(trained_run, base, ignore=shutil.ignore_patterns(".lock", "eval", "shift"))
+    (out / "data").mkdir()
+    shutil.copy(_target(tmp_path), out / "data" / "target.csv")
+    last_step = json.loads((base / "summary.json").read_text())["steps"]
+
+    assert not shift.continue_finished(out, "normalize", "today", 1)  # not today with rounds added
+    assert shift.continue_finished(out, "selftrain", "today", 1)
+    run = out / "selftrain" / "seed-1"
+    assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
+    assert not (run / "summary.json").exists()
+    assert not shift.continue_finished(out, "selftrain", "today", 1)  # there already: left alone
+    from lorabudget.config import load_config
+
+    cfg = load_config(run / "config.yaml")
+    assert cfg.selftrain.rounds == 1 and Path(cfg.data.target_source) == out / "data" / "target.csv"
+
+    with one_torch_thread():
+        assert main(["train", "--resume", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["selftrain"][0]["round"] == 1 and summary["selftrain"][0]["target_rows"] == 120
+    assert summary["steps"] > last_step  # the round trained on from where the finished run stopped
+    assert json.loads((base / "status.json").read_text())["state"] == "finished"
+    assert json.loads((base / "summary.json").read_text())["steps"] == last_step
