@@ -245,13 +245,14 @@ def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
     left.set_yticks(range(len(names)), names, fontsize=9)
     left.set_xlabel("best validation accuracy % (dots: seeds; diamond: mean +- std)")
     left.grid(axis="x", alpha=0.3)
-    for name in reversed(names):
+    colours = plt.get_cmap("tab20").colors  # one colour per recipe: the default cycle repeats after ten
+    for k, name in enumerate(reversed(names)):
         steps: dict[int, list[float]] = {}
         for r in by_recipe[name]:
             for point in r.get("curve", []):
                 steps.setdefault(point["step"], []).append(100 * point["validation"])
         xs = sorted(steps)
-        right.plot(xs, [statistics.mean(steps[x]) for x in xs], marker="o", markersize=3,
+        right.plot(xs, [statistics.mean(steps[x]) for x in xs], marker="o", markersize=3, color=colours[k % 20],
                    lw=2 if name == control else 1.2, ls="--" if name == control else "-", label=name)
     right.set_xlabel("optimizer step")
     right.set_ylabel("validation accuracy % (mean over seeds)")
