@@ -118,10 +118,6 @@ class ShareMatch:
             return np.ones(len(texts), dtype=bool)
         return self.detector.flags(normalize_texts(list(texts), self.normalize))
 
-    def apply(self, logits: np.ndarray, texts: Sequence[str]) -> np.ndarray:
-        """The logits with the offsets added on the rows they are for."""
-        return self.offset(logits, self.applies_to(texts))
-
     def offset(self, logits: np.ndarray, flags: np.ndarray) -> np.ndarray:
         """The logits with the offsets added on the flagged rows (flags from applies_to, or target_flags)."""
         return logits + np.where(flags[:, None], self.offsets, 0.0)
