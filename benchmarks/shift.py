@@ -94,12 +94,12 @@ def recipe_files(out: Path, names: list[str], data: dict[str, Path]) -> list[Pat
     return paths
 
 
-def continue_finished(out: Path, name: str, base: str, seed: int) -> bool:
+def continue_finished(out: Path, name: str, base: str, seed: int, target: Path) -> bool:
     """Start recipe `name`'s run of `seed` from `base`'s finished run of the same seed, when `name` only adds
     self-training rounds to `base`: the same config and seed train the same supervised phase, so it is copied, its
     config given the rounds, and resumed (train_one then resumes it), instead of trained again (about 40 minutes a
     run at one thread). False when `name` is not `base` with rounds added, there is nothing to continue from, or
-    the run exists already."""
+    the run exists already. `target`: the target's texts (build_data's), which the rounds read."""
     import shutil
 
     from lorabudget.config import dump_config, load_config
@@ -107,14 +107,13 @@ def continue_finished(out: Path, name: str, base: str, seed: int) -> bool:
     from lorabudget.runlock import LOCK_NAME
 
     extra = [o for o in RECIPES[name] if o not in RECIPES[base]]
-    adds_rounds_only = (set(RECIPES[base]) <= set(RECIPES[name]) and any(o.startswith("selftrain.rounds=")
-                                                                         for o in extra)
+    adds_rounds_only = (set(RECIPES[base]) <= set(RECIPES[name])
+                        and any(o.startswith("selftrain.rounds=") for o in extra)
                         and all(o.startswith(("selftrain.", "data.target_source=")) for o in extra))
     source, run = out / base / f"seed-{seed}", out / name / f"seed-{seed}"
     if not adds_rounds_only or run.exists() or not RunDir(source).is_finished():
         return False
-    target = str(out / "data" / "target.csv")
-    cfg = load_config(source / "config.yaml", [o.replace("TARGET", target) for o in extra])
+    cfg = load_config(source / "config.yaml", [o.replace("TARGET", str(target)) for o in extra])
     tmp = run.with_name(run.name + ".copying")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(LOCK_NAME, "summary.json"))
@@ -211,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     work = [] if args.record_only else [(config, seed) for seed in args.seeds for config in configs]
     if args.continue_from:
         for config, seed in work:
-            if config.stem != args.continue_from and continue_finished(out, config.stem, args.continue_from, seed):
+            if continue_finished(out, config.stem, args.continue_from, seed, data["target"]):
                 print(f"{config.stem} seed {seed}: continues {args.continue_from}'s finished run", flush=True)
     failed = 0
     with ThreadPoolExecutor(args.jobs) as pool:

@@ -130,15 +130,16 @@ def test_the_shift_benchmark_continues_a_finished_run_into_its_self_training_rou
     base = out / "today" / "seed-1"
     shutil.copytree(trained_run, base, ignore=shutil.ignore_patterns(".lock", "eval", "shift"))
     (out / "data").mkdir()
-    shutil.copy(_target(tmp_path), out / "data" / "target.csv")
+    target = Path(shutil.copy(_target(tmp_path), out / "data" / "target.csv"))
     last_step = json.loads((base / "summary.json").read_text())["steps"]
 
-    assert not shift.continue_finished(out, "normalize", "today", 1)  # not today with rounds added
-    assert shift.continue_finished(out, "selftrain", "today", 1)
+    assert not shift.continue_finished(out, "normalize", "today", 1, target)  # not today with rounds added
+    assert not shift.continue_finished(out, "today", "today", 1, target)  # the base itself adds no rounds
+    assert shift.continue_finished(out, "selftrain", "today", 1, target)
     run = out / "selftrain" / "seed-1"
     assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
     assert not (run / "summary.json").exists()
-    assert not shift.continue_finished(out, "selftrain", "today", 1)  # there already: left alone
+    assert not shift.continue_finished(out, "selftrain", "today", 1, target)  # there already: left alone
     from lorabudget.config import load_config
 
     cfg = load_config(run / "config.yaml")
