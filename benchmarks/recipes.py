@@ -3,13 +3,15 @@
     python benchmarks/recipes.py configs/recipes/*.yaml [--seeds 1 2 3] [--jobs 2] [--out runs/recipes]
                                  [--data ../shared/data/ag_news/train_subset.csv.gz] [--set KEY=VALUE ...]
                                  [--report docs/recipes-report] [--results benchmarks/results/NAME.json]
-                                 [--figure docs/recipes/NAME.png --control RECIPE]
+                                 [--control RECIPE] [--figure docs/recipes/NAME.png]
 
 Each (recipe, seed) trains with `lorabudget train` into OUT/<recipe>/seed-<n>/. Rerunning the command skips the
 finished runs and resumes the killed ones, so a long study can be stopped and continued. At the end it prints the
 table of every finished run under OUT (mean ± std over seeds) and the issue's criterion: the recommended recipe
 (--recommended, default configs/recommended-minilm.yaml) against every published one with 2 seeds or more.
-Without recipes it only prints those.
+Without recipes it only prints those. With --results, every finished run is also kept in a JSON file across
+sessions, and its table is printed; --control RECIPE adds each recipe's paired difference from that recipe (on the
+seeds both ran) and whether it is beyond the noise (a one-sided paired t-test, p < 0.05, on three seeds or more).
 
 Why processes in parallel: on a small CPU, two training processes with one thread each get more done than one
 process with two threads (about 40 against 32 samples/s for MiniLM on 2 cores): at batch 32 and ~50 tokens the
@@ -197,18 +199,56 @@ def runs_by_recipe(data: dict) -> dict[str, list[dict]]:
     return by_recipe
 
 
-def results_table(data: dict) -> str:
-    """Markdown from the results file: mean ± std of best validation accuracy and train time per recipe."""
+def paired_against(runs: list[dict], control_runs: list[dict]) -> tuple[float, float | None, float | None, int]:
+    """A recipe against the control on the seeds both ran: the mean of the per-seed differences in points, its
+    standard error and the one-sided p-value of a paired t-test that the recipe is better (both None below two
+    seeds), and the number of seeds. Paired, because a seed draws the same initialisation and batch order for
+    both recipes, so much of the seed noise cancels in the difference; a t-test, because a standard error from
+    three differences is itself a rough estimate, which a plain two-standard-error rule would trust too far."""
+    import statistics
+
+    from scipy.stats import ttest_1samp
+
+    control = {r["seed"]: r["validation"] for r in control_runs}
+    diffs = [100 * (r["validation"] - control[r["seed"]]) for r in runs if r["seed"] in control]
+    if len(diffs) < 2:
+        return (diffs[0] if diffs else 0.0), None, None, len(diffs)
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    p = float(ttest_1samp(diffs, 0.0, alternative="greater").pvalue) if se > 0 else float(statistics.mean(diffs) <= 0)
+    return statistics.mean(diffs), se, p, len(diffs)
+
+
+# The rule that moves a default (docs/recipes.md): a recipe beats the control beyond the noise when, on at least
+# three seeds, a one-sided paired t-test of its per-seed differences gives p < 0.05.
+BEYOND_NOISE_SEEDS, BEYOND_NOISE_P = 3, 0.05
+
+
+def paired_verdict(mean: float, se: float | None, p: float | None, n: int) -> str:
+    if n < BEYOND_NOISE_SEEDS or se is None or p is None:
+        return f"{mean:+.2f} ({n} seed{'s' * (n != 1)}): too few seeds"
+    beyond = p < BEYOND_NOISE_P
+    return f"{mean:+.2f} ± {se:.2f}, p {p:.3f} ({n} seeds): {'beyond' if beyond else 'within'} the noise"
+
+
+def results_table(data: dict, control: str | None = None) -> str:
+    """Markdown from the results file: mean ± std of best validation accuracy and train time per recipe; with a
+    control, each recipe's paired difference from it (mean ± standard error over the seeds both ran)."""
     import statistics
 
     by_recipe = runs_by_recipe(data)
-    rows = ["| recipe | trainable | seeds | validation % | train time (min) |", "| --- | ---: | ---: | ---: | ---: |"]
+    against = control in by_recipe
+    rows = ["| recipe | trainable | seeds | validation % | train time (min) |" + " against the control |" * against,
+            "| --- | ---: | ---: | ---: | ---: |" + " ---: |" * against]
     for name, runs in sorted(by_recipe.items(), key=lambda kv: -statistics.mean(r["validation"] for r in kv[1])):
         accs = [100 * r["validation"] for r in runs]
         std = f" ± {statistics.stdev(accs):.2f}" if len(accs) > 1 else ""
         minutes = statistics.mean(r["train_seconds"] or 0 for r in runs) / 60
+        paired = ""
+        if against:
+            paired = " (the control) |" if name == control else \
+                f" {paired_verdict(*paired_against(runs, by_recipe[control]))} |"
         rows.append(f"| {name} | {runs[0]['trainable']:,} | {len(runs)} | {statistics.mean(accs):.2f}{std} | "
-                    f"{minutes:.1f} |")
+                    f"{minutes:.1f} |{paired}")
     return "\n".join(rows)
 
 
@@ -279,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                         "JSON file (e.g. benchmarks/results/round2.json) and print the table of all it holds")
     parser.add_argument("--figure", type=Path, default=None, help="with --results: draw every run it holds here "
                         "(PNG; e.g. docs/recipes/round2.png)")
-    parser.add_argument("--control", default=None, help="the recipe folder drawn as the line to beat in --figure "
+    parser.add_argument("--control", default=None, help="with --results: the recipe folder the others are "
+                        "compared with, seed by seed, in the table, and drawn as the line to beat in --figure "
                         "(e.g. round2-baseline)")
     parser.add_argument("--threads", type=int, help="threads per training (default: the cores / --jobs); 1 lets "
                         "another benchmark share a 2-core machine")
@@ -294,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not found: {', '.join(missing) or args.data}")
     if args.figure and not args.results:
         parser.error("--figure draws the runs of --results: give both")
-    if args.control and not args.figure:
-        parser.error("--control names the line to beat in --figure: give both")
+    if args.control and not args.results:
+        parser.error("--control compares the runs of --results with one recipe: give both")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     # Seeds outermost: after the first pass every recipe has one run, so a stopped study is still comparable.
     work = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]
@@ -312,11 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_table(args.out))
     if args.results:
         data = record(args.results, args.out)
-        print(f"\nevery run recorded in {args.results}:\n{results_table(data)}")
+        if args.control and data["runs"] and args.control not in runs_by_recipe(data):
+            print(f"error: --control {args.control}: no run of that recipe in {args.results}", file=sys.stderr)
+            return 1
+        print(f"\nevery run recorded in {args.results}:\n{results_table(data, args.control)}")
         if args.figure and data["runs"]:
-            if args.control and args.control not in runs_by_recipe(data):
-                print(f"error: --control {args.control}: no run of that recipe in {args.results}", file=sys.stderr)
-                return 1
             print(f"figure: {results_figure(data, args.figure.resolve(), args.control)}")
     print(criterion(args.out, args.recommended.resolve()))
     if args.report:

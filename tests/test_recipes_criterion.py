@@ -88,3 +88,36 @@ def test_the_results_file_keeps_each_run_once_and_draws_them(recipes, tmp_path):
     assert table.index("| recommended | 1 | 2 | 92.50 ± 0.71") < table.index("| long4-published | 1 | 1 | 90.00")
     picture = recipes.results_figure(data, tmp_path / "fig" / "round.png", control="long4-published")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(picture.parent.glob(".*tmp*"))
+
+
+def _results(control: list[float], recipe: dict[int, float]) -> dict:
+    runs = {f"control/seed-{seed}": {"recipe": "control", "seed": seed, "validation": acc, "trainable": 1,
+                                     "train_seconds": 60.0} for seed, acc in enumerate(control, 1)}
+    runs |= {f"lever/seed-{seed}": {"recipe": "lever", "seed": seed, "validation": acc, "trainable": 1,
+                                    "train_seconds": 60.0} for seed, acc in recipe.items()}
+    return {"runs": runs}
+
+
+def test_a_lever_is_compared_with_the_control_seed_by_seed(recipes):
+    """Differences of +0.5, +0.6, +0.4 points on seeds 1-3 are beyond the noise; a seed the control lacks is
+    left out of the pairs; the same mean with differences of +1.5, -0.9, +0.9 is not."""
+    data = _results([0.920, 0.918, 0.924], {1: 0.925, 2: 0.924, 3: 0.928, 4: 0.990})
+    by_recipe = recipes.runs_by_recipe(data)
+    mean, se, p, n = recipes.paired_against(by_recipe["lever"], by_recipe["control"])
+    assert n == 3 and mean == pytest.approx(0.5) and se == pytest.approx(0.1 / 3 ** 0.5)
+    assert p < 0.01
+    table = recipes.results_table(data, "control")
+    assert "| lever | 1 | 4 |" in table and "+0.50 ± 0.06, p 0.00" in table and "(3 seeds): beyond the noise" in table
+    assert "| control | 1 | 3 | 92.07 ± 0.31 | 1.0 | (the control) |" in table
+    noisy = _results([0.920, 0.918, 0.924], {1: 0.935, 2: 0.909, 3: 0.933})
+    assert "+0.50 ± 0.72, p 0.28" in recipes.results_table(noisy, "control")
+    assert "(3 seeds): within the noise" in recipes.results_table(noisy, "control")
+    two_seeds = _results([0.920, 0.918, 0.924], {1: 0.935, 2: 0.930})
+    assert "+1.35 (2 seeds): too few seeds" in recipes.results_table(two_seeds, "control")
+    assert "against the control" not in recipes.results_table(data)  # no control, no column
+
+
+def test_the_control_needs_the_results_file(recipes, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        recipes.main(["--control", "round2-baseline"])
+    assert exit_.value.code == 2 and "--control compares the runs of --results" in capsys.readouterr().err
