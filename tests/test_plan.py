@@ -8,7 +8,9 @@ and the training runs use the tiny models of conftest.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -347,6 +349,10 @@ def test_written_candidate_trains_with_planned_count(model, plan_args, request, 
     path = tmp_path / "planned.yaml"
     assert main(["plan", "--model", str(model_dir), "--budget", "6000", "--top", "3", "--sample", "1",
                  "--write", str(path), *plan_args]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    # written whole through a temporary file, with the mode the user's umask gives
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask and [p.name for p in tmp_path.iterdir()] == [path.name]
     planned = stated_count(path)
     out = tmp_path / "run"
     assert main(["train", "-c", str(path), "--data", str(easy_csv), "--output-dir", str(out), "--max-steps", "4",

@@ -78,6 +78,7 @@ def write_candidate(plan: Plan, pick: int, path: str | Path, num_labels: int) ->
 
     from ...config import load_config
     from ...model.budget import format_breakdown
+    from ...rundir import atomic_write_text
 
     if not 1 <= pick <= len(plan.rows):
         raise ConfigError(f"--pick {pick}: choose a row from 1 to {len(plan.rows)}")
@@ -96,8 +97,7 @@ def write_candidate(plan: Plan, pick: int, path: str | Path, num_labels: int) ->
             f"# trainable: {counts.total:,} ({groups})\n"
             "# Set data.source (or pass --data) before training.\n" + yaml.safe_dump(raw, sort_keys=False))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    atomic_write_text(out, text)  # never a half-written config that `train` would read
     # The file, not the object, is what users train: read it back and count it once more.
     built = verify(load_config(out), counts, num_labels)
     return f"wrote     {out} (row {pick})\n{format_breakdown(built, plan.budget)}"
