@@ -254,7 +254,8 @@ def results_table(data: dict, control: str | None = None) -> str:
 
 def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
     """A picture of the results file: left, best validation accuracy per recipe (a dot per seed, the mean and its
-    sample std), best first, with the control's mean as a line; right, each recipe's validation curve (the mean
+    sample std), best first, with the control's mean as a line and each recipe's paired difference from it (and
+    the one-sided p from two seeds on) beside it; right, each recipe's validation curve (the mean
     over its seeds at each evaluation)."""
     import statistics
 
@@ -272,8 +273,12 @@ def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         left.errorbar(means[name], y, xerr=std, fmt="D", color="black", markersize=5, capsize=3, zorder=4)
         runs = by_recipe[name]
+        paired = ""
+        if control in by_recipe and name != control:  # the seed-by-seed difference, as in results_table
+            diff, _, p, _ = paired_against(runs, by_recipe[control])
+            paired = f", {diff:+.2f}" + (f" (p {p:.2f})" if p is not None else "")
         left.annotate(f"{runs[0]['trainable']:,} trainable, {len(runs)} seed{'s' * (len(runs) > 1)}, "
-                      f"{minutes[name]:.0f} min", (1.0, y), xycoords=("axes fraction", "data"),
+                      f"{minutes[name]:.0f} min{paired}", (1.0, y), xycoords=("axes fraction", "data"),
                       xytext=(6, -3), textcoords="offset points", fontsize=8, annotation_clip=False)
     if control in means:
         left.axvline(means[control], color="tab:red", lw=1, ls="--", label=f"{control} (mean)")
