@@ -93,6 +93,16 @@ def test_the_roberta_default_is_the_minilm_recipe_by_the_stated_rule():
 
 
 def test_recommended_minilm_is_the_recipe_the_study_measured():
-    """docs/recipes.md groups the recommended runs with the exploration runs of the same config."""
-    measured = load_config(CONFIGS / "recipes" / "explore-all-r4-4ep.yaml").model_dump()
-    assert load_config(CONFIGS / "recommended-minilm.yaml").model_dump() == measured
+    """docs/recipes.md: the recommended recipe is the round-2 study's `round2-lr1e-3` (every layer at r=4, lr 1e-3,
+    4 epochs), which beat the first study's winner (`explore-all-r4-4ep`, lr 2e-3) on five paired seeds. The study
+    ran on 2,000 validation rows with one evaluation per epoch; the preset keeps the first study's 1,000 rows and
+    names its evaluation interval. Everything that trains is the same."""
+    measured = load_config(CONFIGS / "recipes" / "round2-lr1e-3.yaml").model_dump()
+    preset = load_config(CONFIGS / "recommended-minilm.yaml").model_dump()
+    for section in ("data", "eval"):
+        measured.pop(section), preset.pop(section)
+    assert preset == measured
+    first = load_config(CONFIGS / "recipes" / "explore-all-r4-4ep.yaml").model_dump()
+    first["optim"]["lr"] = 1e-3  # the one change the round-2 study made to the first study's winner
+    first.pop("data"), first.pop("eval")
+    assert preset == first

@@ -12,7 +12,7 @@ from .section import Section as _Section
 
 
 class OptimConfig(_Section):
-    lr: float = Field(2e-3, gt=0, description="Peak learning rate of AdamW.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of AdamW.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW decoupled weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
