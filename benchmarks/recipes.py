@@ -213,9 +213,9 @@ def paired_against(runs: list[dict], control_runs: list[dict]) -> tuple[float, f
     diffs = [100 * (r["validation"] - control[r["seed"]]) for r in runs if r["seed"] in control]
     if len(diffs) < 2:
         return (diffs[0] if diffs else 0.0), None, None, len(diffs)
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5
-    p = float(ttest_1samp(diffs, 0.0, alternative="greater").pvalue) if se > 0 else float(statistics.mean(diffs) <= 0)
-    return statistics.mean(diffs), se, p, len(diffs)
+    mean, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+    p = float(ttest_1samp(diffs, 0.0, alternative="greater").pvalue) if se > 0 else float(mean <= 0)
+    return mean, se, p, len(diffs)
 
 
 # The rule that moves a default (docs/recipes.md): a recipe beats the control beyond the noise when, on at least
@@ -224,7 +224,7 @@ BEYOND_NOISE_SEEDS, BEYOND_NOISE_P = 3, 0.05
 
 
 def paired_verdict(mean: float, se: float | None, p: float | None, n: int) -> str:
-    if n < BEYOND_NOISE_SEEDS or se is None or p is None:
+    if n < BEYOND_NOISE_SEEDS or p is None:  # se and p are None together
         return f"{mean:+.2f} ({n} seed{'s' * (n != 1)}): too few seeds"
     beyond = p < BEYOND_NOISE_P
     return f"{mean:+.2f} ± {se:.2f}, p {p:.3f} ({n} seeds): {'beyond' if beyond else 'within'} the noise"

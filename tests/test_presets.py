@@ -97,12 +97,13 @@ def test_recommended_minilm_is_the_recipe_the_study_measured():
     4 epochs), which beat the first study's winner (`explore-all-r4-4ep`, lr 2e-3) on five paired seeds. The study
     ran on 2,000 validation rows with one evaluation per epoch; the preset keeps the first study's 1,000 rows and
     names its evaluation interval. Everything that trains is the same."""
-    measured = load_config(CONFIGS / "recipes" / "round2-lr1e-3.yaml").model_dump()
-    preset = load_config(CONFIGS / "recommended-minilm.yaml").model_dump()
-    for section in ("data", "eval"):
-        measured.pop(section), preset.pop(section)
-    assert preset == measured
-    first = load_config(CONFIGS / "recipes" / "explore-all-r4-4ep.yaml").model_dump()
+    def what_trains(name: str) -> dict:
+        raw = load_config(CONFIGS / name).model_dump()
+        del raw["data"], raw["eval"]
+        return raw
+
+    preset = what_trains("recommended-minilm.yaml")
+    assert preset == what_trains("recipes/round2-lr1e-3.yaml")
+    first = what_trains("recipes/explore-all-r4-4ep.yaml")
     first["optim"]["lr"] = 1e-3  # the one change the round-2 study made to the first study's winner
-    first.pop("data"), first.pop("eval")
     assert preset == first
