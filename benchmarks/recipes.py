@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,25 +170,61 @@ def _criterion_block(preset: str, names: str, runs: list[dict], published: list[
     return "\n".join(lines)
 
 
+@contextmanager
+def results_lock(results: Path):
+    """Held while a results file is read, changed and written back: two study lanes (or a lane and
+    benchmarks/ceiling.py) that finish together would otherwise each write back what they read, and one run would
+    be lost. The lock file sits beside the results file (ignored by git)."""
+    import fcntl
+
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results.parent / f".{results.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def load_results(results: Path) -> dict:
+    return json.loads(results.read_text()) if results.is_file() else {"runs": {}}
+
+
+def _write_results(results: Path, data: dict) -> None:
+    from lorabudget.rundir import atomic_write_text  # a reader beside it never sees half a file
+
+    atomic_write_text(results, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def add_results(results: Path, runs: dict[str, dict]) -> dict:
+    """Add runs (keyed recipe/seed-N, in record's format) to the results file; keys it holds already are kept."""
+    with results_lock(results):
+        data = load_results(results)
+        for key, run in runs.items():
+            data["runs"].setdefault(key, run)
+        _write_results(results, data)
+    return data
+
+
 def record(results: Path, out: Path) -> dict:
     """Add every finished run under OUT to the results file (kept in the repository, keyed by recipe folder and
     seed: run folders do not outlive a working session here, the figures do)."""
-    data = json.loads(results.read_text()) if results.is_file() else {"runs": {}}
     bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
-    for run in sorted(out.glob("*/seed-*")):
-        if run_state(run) != "finished" or f"{run.parent.name}/{run.name}" in data["runs"]:
-            continue
-        s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
-        curve = [{"step": r["step"], "validation": r["val_accuracy"]}
-                 for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val_accuracy" in r]
-        data["runs"][f"{run.parent.name}/{run.name}"] = {
-            "recipe": run.parent.name, "seed": int(run.name.split("-")[1]), "trainable": s["trainable_params"],
-            "validation": s["best"]["accuracy"], "best_step": s["best"]["step"], "steps": s.get("total_steps"),
-            "train_seconds": s.get("train_seconds"), "threads": s.get("threads"), "precision": s.get("precision"),
-            "cpu_avx512_bf16": bf16, "curve": curve}
-    results.parent.mkdir(parents=True, exist_ok=True)
-    from lorabudget.rundir import atomic_write_text  # a reader beside it never sees half a file
-    atomic_write_text(results, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    with results_lock(results):
+        data = load_results(results)
+        for run in sorted(out.glob("*/seed-*")):
+            if run_state(run) != "finished" or f"{run.parent.name}/{run.name}" in data["runs"]:
+                continue
+            s = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+            curve = [{"step": r["step"], "validation": r["val_accuracy"]}
+                     for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+                     if "val_accuracy" in r]
+            data["runs"][f"{run.parent.name}/{run.name}"] = {
+                "recipe": run.parent.name, "seed": int(run.name.split("-")[1]), "trainable": s["trainable_params"],
+                "validation": s["best"]["accuracy"], "best_step": s["best"]["step"], "steps": s.get("total_steps"),
+                "train_seconds": s.get("train_seconds"), "threads": s.get("threads"),
+                "precision": s.get("precision"), "cpu_avx512_bf16": bf16, "curve": curve}
+        _write_results(results, data)
     return data
 
 
@@ -252,11 +289,11 @@ def results_table(data: dict, control: str | None = None) -> str:
     return "\n".join(rows)
 
 
-def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
+def results_figure(data: dict, path: Path, control: str | None = None, goal: float | None = None) -> Path:
     """A picture of the results file: left, best validation accuracy per recipe (a dot per seed, the mean and its
-    sample std), best first, with the control's mean as a line and each recipe's paired difference from it (and
-    the one-sided p from two seeds on) beside it; right, each recipe's validation curve (the mean
-    over its seeds at each evaluation)."""
+    sample std), best first, with the control's mean as a line (and the goal, `goal` points above it, as another)
+    and each recipe's paired difference from it (and the one-sided p from two seeds on) beside it; right, each
+    recipe's validation curve (the mean over its seeds at each evaluation)."""
     import statistics
 
     from lorabudget.plots import plt, save_figure
@@ -282,6 +319,9 @@ def results_figure(data: dict, path: Path, control: str | None = None) -> Path:
                       xytext=(6, -3), textcoords="offset points", fontsize=8, annotation_clip=False)
     if control in means:
         left.axvline(means[control], color="tab:red", lw=1, ls="--", label=f"{control} (mean)")
+        if goal is not None:
+            left.axvline(means[control] + goal, color="tab:green", lw=1, ls=":",
+                         label=f"the goal: {goal:+.1f} over {control}")
         left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     low, high = left.get_xlim()
     if high - low < 1.0:  # means close together must not look far apart: at least a point across
@@ -327,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control", default=None, help="with --results: the recipe folder the others are "
                         "compared with, seed by seed, in the table, and drawn as the line to beat in --figure "
                         "(e.g. round2-baseline)")
+    parser.add_argument("--goal", type=float, default=None, help="with --control and --figure: draw the line this "
+                        "many points above the control's mean (e.g. 1.0, #22's goal)")
     parser.add_argument("--threads", type=int, help="threads per training (default: the cores / --jobs); 1 lets "
                         "another benchmark share a 2-core machine")
     parser.add_argument("--recommended", type=Path, default=ROOT / "configs" / "recommended-minilm.yaml",
@@ -342,11 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--figure draws the runs of --results: give both")
     if args.control and not args.results:
         parser.error("--control compares the runs of --results with one recipe: give both")
+    if args.goal is not None and not (args.control and args.figure):
+        parser.error("--goal draws a line above the control in the figure: give --control and --figure")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     # Seeds outermost: after the first pass every recipe has one run, so a stopped study is still comparable.
     work = [(recipe, seed) for seed in args.seeds for recipe in args.recipes]
-    if args.results and args.results.is_file():  # recorded in an earlier session, whose run folders are gone
-        done = json.loads(args.results.read_text())["runs"]
+    if args.results:  # recorded in an earlier session, whose run folders are gone
+        done = load_results(args.results)["runs"]
         work = [(recipe, seed) for recipe, seed in work if f"{recipe.stem}/seed-{seed}" not in done]
     failed = 0
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -363,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"\nevery run recorded in {args.results}:\n{results_table(data, args.control)}")
         if args.figure and data["runs"]:
-            print(f"figure: {results_figure(data, args.figure.resolve(), args.control)}")
+            print(f"figure: {results_figure(data, args.figure.resolve(), args.control, args.goal)}")
     print(criterion(args.out, args.recommended.resolve()))
     if args.report:
         rc = subprocess.call([*LORABUDGET, "report", str(args.out), "--out", str(args.report)], cwd=ROOT)

@@ -86,7 +86,7 @@ def test_the_results_file_keeps_each_run_once_and_draws_them(recipes, tmp_path):
     assert recipes.record(results, out) == data
     table = recipes.results_table(data)
     assert table.index("| recommended | 1 | 2 | 92.50 ± 0.71") < table.index("| long4-published | 1 | 1 | 90.00")
-    picture = recipes.results_figure(data, tmp_path / "fig" / "round.png", control="long4-published")
+    picture = recipes.results_figure(data, tmp_path / "fig" / "round.png", control="long4-published", goal=1.0)
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(picture.parent.glob(".*tmp*"))
 
 
@@ -121,3 +121,6 @@ def test_the_control_needs_the_results_file(recipes, capsys):
     with pytest.raises(SystemExit) as exit_:
         recipes.main(["--control", "round2-baseline"])
     assert exit_.value.code == 2 and "--control compares the runs of --results" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # the goal is a line above the control in the figure
+        recipes.main(["--results", "round.json", "--control", "round2-baseline", "--goal", "1.0"])
+    assert exit_.value.code == 2 and "--goal draws a line above the control" in capsys.readouterr().err
