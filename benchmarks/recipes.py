@@ -3,7 +3,7 @@
     python benchmarks/recipes.py configs/recipes/*.yaml [--seeds 1 2 3] [--jobs 2] [--out runs/recipes]
                                  [--data ../shared/data/ag_news/train_subset.csv.gz] [--set KEY=VALUE ...]
                                  [--report docs/recipes-report] [--results benchmarks/results/NAME.json]
-                                 [--control RECIPE] [--figure docs/recipes/NAME.png]
+                                 [--control RECIPE] [--figure docs/recipes/NAME.png] [--goal POINTS]
 
 Each (recipe, seed) trains with `lorabudget train` into OUT/<recipe>/seed-<n>/. Rerunning the command skips the
 finished runs and resumes the killed ones, so a long study can be stopped and continued. At the end it prints the
