@@ -28,7 +28,6 @@ thread, beside another training, on 2 cores with AVX512-BF16).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -131,7 +130,6 @@ def main(argv: list[str] | None = None) -> int:
     from lorabudget.model.backbone import resolve_model_path
 
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     model_path = resolve_model_path(args.model)
     training = study_split(args.data, args.validation_size, args.split_seed)
     print(f"{args.name}: {args.model}, {len(training.split.train):,} training rows, "

@@ -113,6 +113,20 @@ def trained_run(tiny_roberta, easy_csv, tmp_path_factory) -> Path:
     return out
 
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks are scripts, not a package); those that import a neighbour
+    put their own folder on sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_csv(path: Path, rows: list[tuple[str, int]], header=("text", "label"), names: bool = True) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_texts, tiny_config, write_config, write_csv
+from conftest import load_benchmark, make_texts, tiny_config, write_config, write_csv
 
 from lorabudget import load
 from lorabudget.cli import main
@@ -186,13 +186,8 @@ def test_layernorms_trained_in_full_are_interpolated_with_the_update(tiny_robert
 def test_the_wise_benchmark_scores_each_runs_own_split_and_keeps_other_entries(trained_run, easy_csv, tmp_path):
     """benchmarks/wise.py: `held_out` re-derives each run's validation rows (at scale 1 they score what the run
     recorded), several runs go in one call, and --json keeps the entries already in the file."""
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "wise.py"
-    spec = importlib.util.spec_from_file_location("wise_benchmark", path)
-    wise = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wise)
+    wise = load_benchmark("wise")
     results = tmp_path / "wise.json"
     results.write_text(json.dumps({"note": "kept", "runs": {"earlier": {"1.0": {"val": 0.5}}}}))
     assert wise.main([str(trained_run), str(trained_run), "--data", "val=held_out", "--data",

@@ -5,11 +5,11 @@ so each case states its accuracies and the verdict they must give: training is t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESET = ROOT / "configs" / "recommended-minilm.yaml"
@@ -18,10 +18,7 @@ PUBLISHED = ROOT / "configs" / "recipes" / "long4-published-qv-r8-bias-all.yaml"
 
 @pytest.fixture(scope="module")
 def recipes():
-    spec = importlib.util.spec_from_file_location("recipes_benchmark", ROOT / "benchmarks" / "recipes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("recipes")
 
 
 def _run(out: Path, recipe: Path, folder: str, seed: int, accuracy: float, precision: str) -> None:

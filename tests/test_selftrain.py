@@ -9,7 +9,7 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import make_texts, one_torch_thread, slow_cli, tiny_config, write_config
+from conftest import load_benchmark, make_texts, one_torch_thread, slow_cli, tiny_config, write_config
 
 from lorabudget.cli import main
 from lorabudget.train.selftrain import select_pseudo_labels
@@ -118,14 +118,10 @@ def test_the_shift_benchmark_continues_a_finished_run_into_its_self_training_rou
     """benchmarks/shift.py --continue-from today: the self-training recipe starts from today's finished run of the
     same seed (same config and seed: the same supervised phase), copied with the round switched on, and resumes
     into the round instead of training the supervised phase again; the finished run is left as it was."""
-    import importlib.util
     import shutil
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "shift.py"
-    spec = importlib.util.spec_from_file_location("shift_benchmark", path)
-    shift = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shift)
+    shift = load_benchmark("shift")
     out = tmp_path / "bench"
     base = out / "today" / "seed-1"
     shutil.copytree(trained_run, base, ignore=shutil.ignore_patterns(".lock", "eval", "shift"))

@@ -9,7 +9,7 @@ import random
 
 import numpy as np
 import pytest
-from conftest import make_texts, write_csv
+from conftest import load_benchmark, make_texts, write_csv
 
 from lorabudget.cli import main
 from lorabudget.errors import LorabudgetError
@@ -171,8 +171,6 @@ def test_the_wise_benchmark_scores_each_scale_with_and_without_shares_from_one_d
         trained_run, shifted_target, tmp_path, monkeypatch):
     """benchmarks/wise.py --match-shares: every set scored as trained and with the shares matched, at every scale;
     the word classifier, which reads only texts, fitted once per run."""
-    import importlib.util
-    from pathlib import Path
 
     from lorabudget.serve import shares
 
@@ -180,10 +178,7 @@ def test_the_wise_benchmark_scores_each_scale_with_and_without_shares_from_one_d
     original = shares.ShiftedRows.__init__
     monkeypatch.setattr(shares.ShiftedRows, "__init__", lambda self, *a, **k: (fitted.append(1),
                                                                                 original(self, *a, **k))[1])
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "wise.py"
-    spec = importlib.util.spec_from_file_location("wise_benchmark", path)
-    wise = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(wise)
+    wise = load_benchmark("wise")
     results = tmp_path / "wise.json"
     assert wise.main([str(trained_run), "--data", "val=held_out", "--data", f"target={shifted_target}",
                       "--scales", "1", "0.5", "--match-shares", "uniform", "--match-on", str(shifted_target),
